@@ -50,6 +50,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..allocator import tune_malloc
 from ..cache import RewardCache
 from ..dsl import Rule, as_rule
 from ..fingerprint import Probe, probe
@@ -83,6 +84,10 @@ class Evaluator:
         time_limit: seconds per evaluation (default: the fidelity's); ``timeout`` after.
         reject_invalid: score rules failing the probe ``invalid`` without training.
         threads: ``torch.set_num_threads`` during evaluations (default: leave as set).
+
+    Creating an evaluator applies :func:`searchlab.allocator.tune_malloc` (glibc malloc
+    settings that stop large activations from page-faulting on every step; environment
+    ``SEARCHLAB_MALLOC_TUNING=0`` leaves the allocator alone).
         **task_options: passed to the task (e.g. ``data_dir=`` for ``cifar10``).
     """
 
@@ -105,6 +110,7 @@ class Evaluator:
         self.reject_invalid = bool(reject_invalid)
         self.threads = threads
         self.trainings = 0
+        tune_malloc()
 
     # --- names -----------------------------------------------------------------------
     @property
@@ -122,6 +128,10 @@ class Evaluator:
 
     def __getstate__(self) -> dict[str, Any]:
         return dict(self.__dict__)  # the task drops its data, the cache pickles as a path
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        tune_malloc()  # a worker process's own allocator
 
     # --- steps -----------------------------------------------------------------------
     def load(self) -> None:
