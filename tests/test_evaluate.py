@@ -18,7 +18,7 @@ import searchlab.evaluation.evaluator as evaluator_mod
 from searchlab.cache import RewardCache
 from searchlab.dsl import parse
 from searchlab.evaluate import FIDELITIES, PAPER_LRS, Evaluator, fingerprint, get_fidelity, probe
-from searchlab.evaluation.protocol import Seeds
+from searchlab.evaluation.protocol import PARAM_LIMIT, CopyTrainer, Seeds
 from searchlab.optim import RuleOptimizer
 from searchlab.result import FLOOR_REWARD, Result
 from searchlab.tasks import DataNotFoundError
@@ -53,6 +53,22 @@ def test_overflowing_rule_is_invalid_by_probe_and_diverged_when_trained() -> Non
     r = smoke(reject_invalid=False).evaluate("exp(exp(g))*1e9")
     assert r.status == "diverged" and r.extra["diverged_lrs"] == [1e-3, 1e-2, 1e-1]
     assert all(math.isnan(acc) for _, acc in r.sweep)
+
+
+def test_copies_with_exploded_weights_validate_as_diverged() -> None:
+    """A copy with a weight above PARAM_LIMIT has an infinite validation loss (so the
+    protocol drops it as diverged) even when its outputs are finite."""
+    from searchlab.optim import compile_rule
+
+    ev = smoke()
+    s = ev.task.load()
+    tr = CopyTrainer(ev.task, compile_rule(parse("adam")), [1e-3, 1e-2, 1e-1], Seeds.of(0), 10)
+    with torch.no_grad():
+        tr.model.params[-1][1, 0] = 2 * PARAM_LIMIT   # copy 1's head bias: logits stay finite
+        tr.model.params[0][2, 0] = PARAM_LIMIT / 2    # copy 2: large, but below the limit
+    acc, loss = tr.validate(s.val_x, s.val_y)
+    assert tr.exploded().tolist() == [False, True, False]
+    assert math.isfinite(loss[0]) and loss[1] == math.inf and math.isfinite(loss[2])
 
 
 def test_g_over_zero_explodes_at_every_lr() -> None:
@@ -226,12 +242,16 @@ def test_sequential_path_equals_a_plain_torch_loop() -> None:
         return accs
 
     sweep = [plain_run(lr, 1)[0] for lr in fid.lrs]
+    # float rounding (nn.Conv1d vs the stacked model's matmuls) grows over the training
+    # steps and moves a few of the 200 validation predictions: <= 2 on one CPU, 3 on an
+    # AVX-512 one; 4 of 200 allowed
+    tol = 0.021
     for (lr, acc), ref in zip(res.sweep, sweep):
-        assert abs(acc - ref) <= 0.011, (lr, acc, ref)   # float rounding: <= 2 of 200
+        assert abs(acc - ref) <= tol, (lr, acc, ref)
     best = fid.lrs[int(np.argmax(sweep))]
     assert res.best_lr == best
     final = plain_run(best, fid.final_epochs)
-    assert np.allclose(res.curve, final, atol=0.011), (res.curve, final)
+    assert np.allclose(res.curve, final, atol=tol), (res.curve, final)
     assert res.reward == res.curve[-1] == res.val_acc
 
 

@@ -13,9 +13,10 @@
 
 ``ok``        trained; ``reward`` = final validation accuracy (classification tasks) or
               the mean normalised score (problem tasks), in [0, 1];
-``diverged``  NaN/inf loss, or a loss above 1000x the first step's (an exploded run,
-              e.g. ``g/0 = 1e8*g``): every lr of the sweep diverged or the final run
-              did (``FLOOR_REWARD``, the same for all strategies);
+``diverged``  NaN/inf loss, a loss above 1000x the first step's (an exploded run,
+              e.g. ``g/0 = 1e8*g``) or a weight above 1e6 in magnitude at a
+              validation: every lr of the sweep diverged or the final run did
+              (``FLOOR_REWARD``, the same for all strategies);
 ``invalid``   unparsable text, a rule that does not compile, or (``reject_invalid``,
               default on) a rule whose probe update is NaN/inf, all zero or never a
               descent direction (:mod:`searchlab.fingerprint`) — no training happens;

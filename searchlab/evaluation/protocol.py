@@ -15,8 +15,11 @@ Divergence (DESIGN 6): after every step the K losses are checked; a copy whose l
 NaN/inf, or above ``DIVERGENCE_FACTOR`` (1000) times the loss of its first step, stops at
 once (it is dropped from the stack; the others go on).  The second test catches runs that
 explode without overflowing: ``g/0`` is ``g/1e-8 = 1e8*g`` (paper 4.2's delta), and its
-losses reach 1e4..1e30 at every lr of the grid while staying finite in float32.  A sweep where
-every lr diverged, or a final run that diverged, scores ``diverged``.  The deadline
+losses reach 1e4..1e30 at every lr of the grid while staying finite in float32.  At every
+validation a copy with a weight above ``PARAM_LIMIT`` (1e6) in magnitude counts as
+diverged too: constant huge updates such as ``1/0 = 1e8`` can leave a batch-normalised
+network with finite, flat losses (equal logits) whose value depends on float rounding.
+A sweep where every lr diverged, or a final run that diverged, scores ``diverged``.  The deadline
 (per-evaluation time limit) is checked between steps and raises :class:`Timeout`.
 
 Problem tasks.  :func:`run_problems` runs every problem from its seeded starting point
@@ -44,6 +47,10 @@ __all__ = ["CopyTrainer", "Timeout", "run_classification", "run_problems"]
 VAL_CHUNK = 1000  # validation examples per forward pass
 #: a training loss above this many times the first step's loss counts as diverged
 DIVERGENCE_FACTOR = 1000.0
+#: a copy with a weight of larger magnitude counts as diverged (checked at validation):
+#: float32 rounds away any step below ~0.06 there, so training has stopped in effect;
+#: sane rules stay far below it (lr 10 x |update| 1 x the paper's 2,700 steps = 2.7e4)
+PARAM_LIMIT = 1e6
 
 
 def _workspace() -> Any:
@@ -189,7 +196,15 @@ class CopyTrainer:
             loss += ce.view(kk, nb).sum(1).double()
             correct += (logits.argmax(-1) == yc).sum(1).double()
         n = len(yv)
-        return (correct / n).tolist(), (loss / n).tolist()
+        loss /= n
+        loss[self.exploded()] = math.inf  # diverged: see PARAM_LIMIT
+        return (correct / n).tolist(), loss.tolist()
+
+    @torch.no_grad()
+    def exploded(self) -> Tensor:
+        """``[k]`` bool: copies with a weight above ``PARAM_LIMIT`` in magnitude (or NaN)."""
+        big = torch.stack([p.detach().abs().flatten(1).amax(1) for p in self.model.params]).amax(0)
+        return ~(big <= PARAM_LIMIT)
 
 
 def _prepare_all(task: ClassificationTask, x: Tensor) -> Tensor:
@@ -277,7 +292,7 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
     best = _best(acc, loss)
     if best is None:
         return Outcome("diverged", sweep=sweep, message="every learning rate of the sweep "
-                       "diverged (NaN/inf or exploded loss)", extra=extra)
+                       "diverged (NaN/inf or exploded loss, or exploded weights)", extra=extra)
     best_lr = lrs[best]
 
     # --- final run with the best lr ------------------------------------------------------
@@ -317,7 +332,8 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
     val_acc, val_loss = last[0]
     if not math.isfinite(val_loss):
         return Outcome("diverged", best_lr=best_lr, sweep=sweep, curve=tuple(curve),
-                       message="validation loss of the final run is not finite", extra=extra)
+                       message="validation loss of the final run is not finite, or its "
+                               f"weights exceeded {PARAM_LIMIT:g}", extra=extra)
     if test:
         xt = _prepare_all(task, splits.test_x)
         ta, tl = tr.validate(xt, splits.test_y)
