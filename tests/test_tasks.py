@@ -125,25 +125,97 @@ def test_mnist1d_stacked_model_matches_torch_nn_layers() -> None:
                                rtol=1e-4, atol=1e-6)
 
 
-def test_cifar_stacked_model_matches_torch_nn_layers() -> None:
-    gen = torch.Generator().manual_seed(1)
-    model = CIFAR10ConvNet.create(2, gen, channels=8)
+def _cifar_reference(model: CIFAR10ConvNet, k: int) -> nn.Sequential:
+    """Copy ``k`` of the stacked model as plain torch.nn layers (the independent reference)."""
+    w1, b1, g1, be1, w2, b2, g2, be2, wf, bf = [p.detach()[k] for p in model.params]
+    c = b1.shape[0]
+    ref = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Flatten(), nn.Linear(c * 64, 10)).to(w1.dtype)
     with torch.no_grad():
-        model.params[4][1].mul_(1.5)
-    x = torch.randn(6, 3, 32, 32, generator=gen)
-    out = model.forward(x, train=True)
-    for k in range(2):
-        w1, b1, g1, be1, w2, b2, g2, be2, wf, bf = [p.detach()[k] for p in model.params]
-        ref = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-                            nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-                            nn.Flatten(), nn.Linear(8 * 64, 10))
+        for mod, (w, b) in zip((ref[0], ref[1], ref[4], ref[5]), ((w1, b1), (g1, be1), (w2, b2), (g2, be2))):
+            mod.weight.copy_(w)
+            mod.bias.copy_(b)
+        ref[9].weight.copy_(wf.t())
+        ref[9].bias.copy_(bf)
+    return ref
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_cifar_stacked_model_matches_torch_nn_layers(k: int) -> None:
+    """Outputs, gradients and running statistics of every copy equal nn.Conv2d ->
+    nn.BatchNorm2d -> nn.ReLU -> nn.MaxPool2d layers, including negative and near-zero
+    batch-norm weights (the fused block flips those channels' convolutions)."""
+    gen = torch.Generator().manual_seed(1)
+    model = CIFAR10ConvNet.create(k, gen, channels=8)
+    with torch.no_grad():
+        for p in model.params:  # copies differ; batch-norm weights of both signs, one near zero
+            p.add_(0.3 * torch.randn(p.shape, generator=gen))
+        model.params[2][:, 0] = 1e-3
+        model.params[2][:, 2] = -0.4
+        model.params[6][:, 1] = -0.7
+    x = torch.randn(6, 3, 32, 32, generator=gen).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (6,), generator=gen)
+    refs = [_cifar_reference(model, i).train(True) for i in range(k)]
+    assert any((model.params[2] < 0).flatten()) and any((model.params[6] < 0).flatten())
+    grads = torch.autograd.grad(model.losses(x, y).sum(), model.params)
+    for i, ref in enumerate(refs):
+        ref_grads = torch.autograd.grad(F.cross_entropy(ref(x), y), list(ref.parameters()))
+        mods = [ref[0], ref[1], ref[4], ref[5]]
+        ours = [grads[j][i] for j in range(8)]
+        theirs = [g for g in ref_grads[:8]]
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(grads[8][i], ref_grads[8].t(), rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(grads[9][i], ref_grads[9], rtol=1e-3, atol=1e-5)
+        # running statistics after the one training-mode pass
+        rm1, rv1, rm2, rv2 = (b[i] for b in model.buffers)
+        torch.testing.assert_close(rm1, mods[1].running_mean, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(rv1, mods[1].running_var, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(rm2, mods[3].running_mean, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(rv2, mods[3].running_var, rtol=1e-4, atol=1e-6)
+    # evaluation mode uses the running statistics
+    with torch.no_grad():
+        out = model.forward(x, train=False)
+        for i, ref in enumerate(refs):
+            torch.testing.assert_close(out[i], ref.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+def test_fused_block_matches_batch_norm_relu_maxpool_in_float64(layout: str) -> None:
+    """The fused conv/BN/ReLU/pool block against F.conv2d, F.batch_norm, F.relu and
+    F.max_pool2d in float64: output, all five gradients, running statistics, eval mode;
+    and exact ties in every pooling window (a constant input) route like F.max_pool2d."""
+    from searchlab.tasks.layers import conv_bn_relu_pool
+
+    gen = torch.Generator().manual_seed(5)
+    d = dict(dtype=torch.float64)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    for constant in (False, True):
+        x = (torch.zeros(4, 3, 8, 8, **d) if constant else torch.randn(4, 3, 8, 8, generator=gen, **d))
+        x = x.contiguous(memory_format=fmt).requires_grad_(True)
+        w = torch.randn(6, 3, 3, 3, generator=gen, **d).requires_grad_(True)
+        b = torch.randn(6, generator=gen, **d).requires_grad_(True)
+        g = torch.tensor([1.3, -0.8, 1e-3, 0.5, -2.0, 0.9], **d).requires_grad_(True)
+        be = torch.randn(6, generator=gen, **d).requires_grad_(True)
+        rm, rv = torch.randn(6, generator=gen, **d), torch.rand(6, generator=gen, **d) + 0.5
+        rm_ref, rv_ref = rm.clone(), rv.clone()
+        out = conv_bn_relu_pool(x, w, b, g, be, rm, rv, train=True)
+        ref = F.max_pool2d(F.relu(F.batch_norm(F.conv2d(x, w, b, padding=1), rm_ref, rv_ref, g, be,
+                                               training=True, momentum=0.1, eps=1e-5)), 2)
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+        dout = torch.randn(out.shape, generator=gen, **d)
+        ours = torch.autograd.grad(out, (x, w, b, g, be), dout)
+        theirs = torch.autograd.grad(ref, (x, w, b, g, be), dout)
+        for name, a, t in zip("x w b gamma beta".split(), ours, theirs):
+            torch.testing.assert_close(a, t, rtol=1e-8, atol=1e-8, msg=lambda m: f"d{name}: {m}")
+        torch.testing.assert_close(rm, rm_ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(rv, rv_ref, rtol=1e-12, atol=1e-12)
         with torch.no_grad():
-            for mod, (w, b) in zip((ref[0], ref[1], ref[4], ref[5]), ((w1, b1), (g1, be1), (w2, b2), (g2, be2))):
-                mod.weight.copy_(w)
-                mod.bias.copy_(b)
-            ref[9].weight.copy_(wf.t())
-            ref[9].bias.copy_(bf)
-        torch.testing.assert_close(out[k], ref(x), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                conv_bn_relu_pool(x, w, b, g, be, rm, rv, train=False),
+                F.max_pool2d(F.relu(F.batch_norm(F.conv2d(x, w, b, padding=1), rm, rv, g, be,
+                                                 training=False, eps=1e-5)), 2), rtol=1e-10, atol=1e-10)
 
 
 def test_models_init_copies_identically_and_like_pytorch_bounds() -> None:

@@ -63,6 +63,7 @@ from .base import (
     StackedModel,
     data_cache_dir,
 )
+from .layers import conv_bn_relu_pool
 
 __all__ = ["CIFAR10", "CIFAR10ConvNet", "load_cifar10_arrays", "ACCEPTED_FORMATS"]
 
@@ -391,8 +392,12 @@ def load_cifar10_arrays(data_dir: str | os.PathLike[str] | None = None, *,
 class CIFAR10ConvNet(StackedModel):
     """``k`` copies of the paper's two-layer ConvNet (module docstring).
 
-    With ``k > 1`` the first convolution runs once with ``k*32`` output channels on the
-    shared input and the second as a grouped convolution (``groups=k``).
+    Each block is :func:`~searchlab.tasks.layers.conv_bn_relu_pool` (the same function as
+    ``Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d``, with fewer memory passes).  The copies'
+    convolutions run one copy at a time: on CPU (oneDNN) one convolution with ``k*32``
+    output channels on the shared input, or a grouped one (``groups=k``) for the second
+    layer, measured 1.2-4x slower than ``k`` separate ones (``bench/evaluator.py``,
+    BENCHMARKS.md); only the head, the loss and the rule's update are batched over copies.
     """
 
     param_names: ClassVar[tuple[str, ...]] = (
@@ -419,23 +424,14 @@ class CIFAR10ConvNet(StackedModel):
         rm1, rv1, rm2, rv2 = self.buffers
         k, c = b1.shape
         n = x.shape[0]
-        fmt = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
-               and not x.is_contiguous() else torch.contiguous_format)
-        # weights in the input's memory format: mixed formats make oneDNN reorder per call
-        h = F.conv2d(x, w1.reshape(k * c, 3, 3, 3).contiguous(memory_format=fmt), b1.reshape(-1),
-                     padding=1)
-        h = F.relu(F.batch_norm(h, rm1.view(-1), rv1.view(-1), g1.reshape(-1), be1.reshape(-1),
-                                training=train, momentum=0.1, eps=1e-5))
-        h = F.max_pool2d(h, 2)
-        h = F.conv2d(h, w2.reshape(k * c, c, 3, 3).contiguous(memory_format=fmt), b2.reshape(-1),
-                     padding=1, groups=k)
-        h = F.relu(F.batch_norm(h, rm2.view(-1), rv2.view(-1), g2.reshape(-1), be2.reshape(-1),
-                                training=train, momentum=0.1, eps=1e-5))
-        h = F.max_pool2d(h, 2)                                    # [n, k*c, 8, 8]
+        feats = []
+        for i in range(k):  # per copy: see the class docstring
+            h = conv_bn_relu_pool(x, w1[i], b1[i], g1[i], be1[i], rm1[i], rv1[i], train=train)
+            h = conv_bn_relu_pool(h, w2[i], b2[i], g2[i], be2[i], rm2[i], rv2[i], train=train)
+            feats.append(h.reshape(n, c * 64))                    # nn.Flatten order
         if k == 1:
-            return torch.addmm(bf, h.reshape(n, c * 64), wf[0]).unsqueeze(0)
-        feats = h.reshape(n, k, c * 64).transpose(0, 1)           # [k, n, c*64]
-        return torch.baddbmm(bf.unsqueeze(1), feats, wf)          # [k, n, 10]
+            return torch.addmm(bf, feats[0], wf[0]).unsqueeze(0)
+        return torch.baddbmm(bf.unsqueeze(1), torch.stack(feats), wf)  # [k, n, 10]
 
 
 @TASKS.register("cifar10")
