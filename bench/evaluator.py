@@ -17,6 +17,10 @@ hits all alike):
 * ``Evaluator(batched=False)``: the sequential path (one lr at a time);
 * ``Evaluator(batched=True)``: the lr sweep as one batched pass (K = 7 stacked copies).
 
+The allocator settings of :mod:`searchlab.allocator` are process-wide, so every variant
+runs under the same ones: on by default (as in any process that creates an Evaluator),
+off with ``SEARCHLAB_MALLOC_TUNING=0``; run both to see their effect.
+
 Goals (issue 3): sequential <= 1.05x plain, batched <= 0.5x plain.  Rewards of all
 variants are printed too (they should agree up to float rounding).  Two clocks: wall time
 and the process's CPU time; with ``--threads 1`` CPU time is what an idle machine's wall
@@ -43,6 +47,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from searchlab.allocator import tune_malloc  # noqa: E402
 from searchlab.evaluate import Evaluator  # noqa: E402
 from searchlab.evaluation.protocol import DIVERGENCE_FACTOR, Seeds  # noqa: E402
 from searchlab.optim import RuleOptimizer  # noqa: E402
@@ -225,9 +230,11 @@ def main() -> None:
     ap.add_argument("--cifar-examples", type=int, default=5000)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    tuned = tune_malloc()  # what every Evaluator does; process-wide, so all variants share it
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# torch {torch.__version__}, python {platform.python_version()}, threads {args.threads}, "
           f"{platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f} at start")
+    print(f"# malloc tuning (searchlab.allocator) for every variant: {'on' if tuned else 'off'}")
     tasks = args.tasks.split(",")
     if "mnist1d" in tasks:
         bench_task("mnist1d", Evaluator("mnist1d", "fast", batched=False),
