@@ -200,6 +200,47 @@ def bench_task(name: str, ev_seq: Evaluator, ev_bat: Evaluator, make_net: Callab
           f"{'met' if bat / plain <= 0.5 else 'NOT met'})")
 
 
+def conv_floor(ev: Evaluator, rule: str, steps: int = 30, rounds: int = 3) -> None:
+    """The convolutions' share of a plain CIFAR-10 training step: a lower bound on
+    ``x plain`` for any path that runs every lr's convolutions (forward, input and weight
+    gradients) with PyTorch's kernels; the rest of the step is what fusing and batching
+    can remove."""
+    s = ev.task.load()
+    net = cifar_net(0)
+    opt = RuleOptimizer(net.parameters(), rule, lr=1e-3)
+    x, y = ev.task.prepare(s.train_x[:100]), s.train_y[:100]
+    conv1, conv2 = net[0], net[4]
+    h1 = net[:4](x).detach().requires_grad_(True)
+
+    def full() -> None:
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss.item()
+
+    def convs() -> None:
+        a = conv1(x)
+        a.backward(torch.ones_like(a))
+        b = conv2(h1)
+        b.backward(torch.ones_like(b))
+
+    def per_step(fn: Callable[[], None]) -> float:
+        fn()
+        c0 = time.process_time()
+        for _ in range(steps):
+            fn()
+        return (time.process_time() - c0) / steps
+
+    t_full, t_conv = [], []
+    for _ in range(rounds):
+        t_full.append(per_step(full))
+        t_conv.append(per_step(convs))
+    f, c = statistics.median(t_full), statistics.median(t_conv)
+    print(f"\nconvolutions of one plain training step (batch 100): {c * 1e3:.1f} ms CPU of "
+          f"{f * 1e3:.1f} ms = {c / f:.2f} (floor of x plain when every lr runs its own convolutions)")
+
+
 def bench_problems(repeats: int) -> None:
     rules = ["g", "m", "adam", "exp(sign(g)*sign(m))*g", "(1+sign(g)*sign(m))*g"]
     print("\n### Problem tasks: milliseconds per evaluation (median over rules and rounds)\n")
@@ -244,6 +285,7 @@ def main() -> None:
         bench_task("cifar10", Evaluator("cifar10", "fast", batched=False, **opts),
                    Evaluator("cifar10", "fast", batched=True, **opts), cifar_net, args.rule,
                    args.cifar_repeats, args.seed)
+        conv_floor(Evaluator("cifar10", "fast", **opts), args.rule)
     if "problems" in tasks:
         bench_problems(max(1, args.repeats // 2))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -6,9 +6,10 @@ them back with ``munmap`` on free, and it trims the heap top once more than twic
 threshold is free; either way the next allocation of that size touches brand-new pages,
 and the kernel zero-fills them one 4 KiB page fault at a time.  The CIFAR-10 child's
 first activations are 13 MB per copy (92 MB for 7 stacked copies): measured with
-``bench/evaluator.py`` on this project's 2-core machine, a batched CIFAR-10 sweep spent
-~15 % of its time in the kernel (page faults) and ran 1.4x slower than with the settings
-below, and a single copy's training step ~10 % slower.
+``bench/evaluator.py`` on this project's 2-core machine, a batched CIFAR-10 sweep of 7
+stacked copies spent 16 % of its time in the kernel (page faults) and ran 1.4x slower
+than with the settings below; a plain one-copy CIFAR-10 loop ran 1.17x slower and the
+plain mnist1d loop 1.4x (BENCHMARKS.md, "Evaluator").
 
 :func:`tune_malloc` (called by :class:`~searchlab.evaluate.Evaluator`) therefore sets,
 once per process, ``M_MMAP_MAX = 0`` (large blocks come from the heap and are reused)
