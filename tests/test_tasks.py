@@ -355,3 +355,72 @@ def test_normalised_score() -> None:
     s = normalised_score(f0, f, 1.0)
     # gap 100 -> 0.1 is 3 orders of magnitude: 3/6; 100 -> 1e-4 is 6: 1; worse: 0; NaN: 0
     torch.testing.assert_close(s, torch.tensor([3 / ORDERS, 1.0, 0.0, 0.0], dtype=torch.float64), rtol=1e-9, atol=1e-9)
+
+
+def _fused_block_case_check(n: int, cin: int, c: int, hw: int, gammas: list[float], ints: bool,
+                            seed: int) -> None:
+    from searchlab.tasks.layers import conv_bn_relu_pool
+
+    gen = torch.Generator().manual_seed(seed)
+    d = dict(dtype=torch.float64)
+    if ints:  # integer inputs and weights: exact ties inside pooling windows are common
+        x = torch.randint(-1, 2, (n, cin, hw, hw), generator=gen).to(torch.float64)
+        w = torch.randint(-1, 2, (c, cin, 3, 3), generator=gen).to(torch.float64)
+    else:
+        x = torch.randn(n, cin, hw, hw, generator=gen, **d)
+        w = torch.randn(c, cin, 3, 3, generator=gen, **d)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    w.requires_grad_(True)
+    b = torch.randn(c, generator=gen, **d).requires_grad_(True)
+    g = torch.tensor(gammas[:c], **d).requires_grad_(True)
+    be = torch.randn(c, generator=gen, **d).requires_grad_(True)
+    rm, rv = torch.zeros(c, **d), torch.ones(c, **d)
+    rm_ref, rv_ref = rm.clone(), rv.clone()
+    out = conv_bn_relu_pool(x, w, b, g, be, rm, rv, train=True)
+    ref = F.max_pool2d(F.relu(F.batch_norm(F.conv2d(x, w, b, padding=1), rm_ref, rv_ref, g, be,
+                                           training=True)), 2)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close((rm, rv), (rm_ref, rv_ref), rtol=1e-10, atol=1e-10)
+    dout = torch.randn(out.shape, generator=gen, **d)
+    ours = torch.autograd.grad(out, (x, w, b, g, be), dout)
+    theirs = torch.autograd.grad(ref, (x, w, b, g, be), dout)
+    for a, t in zip(ours[2:], theirs[2:]):  # bias, gamma, beta: sums, blind to routing
+        torch.testing.assert_close(a, t, rtol=1e-7, atol=1e-7)
+    # x and w depend on which element of a pooling window gets the gradient: both take
+    # the first maximum, ours of z, the reference of its rounded batch-norm outputs; an
+    # ulp of rounding (in the convolution or the batch norm) can make or split a tie.
+    # Where the choices differ, the two elements must tie in (sign-flipped) z up to
+    # rounding; only then is a difference allowed.
+    with torch.no_grad():
+        z = F.conv2d(x, w, b, padding=1)
+        flip = torch.where(g >= 0, 1.0, -1.0).to(z.dtype).view(1, -1, 1, 1)
+        pre = F.batch_norm(z, None, None, g, be, training=True)
+        _, idx_ref = F.max_pool2d_with_indices(F.relu(pre), 2)
+        _, idx_ours = F.max_pool2d_with_indices(z * flip, 2)
+        live = out > 0  # elsewhere the ReLU stops the gradient whichever element is chosen
+        flat = (z * flip).flatten(2)
+        differ = live & (idx_ref != idx_ours)
+        torch.testing.assert_close(flat.gather(2, idx_ref.flatten(2))[differ.flatten(2)],
+                                   flat.gather(2, idx_ours.flatten(2))[differ.flatten(2)],
+                                   rtol=1e-12, atol=1e-12)
+    if not bool(differ.any()):
+        for a, t in zip(ours[:2], theirs[:2]):
+            torch.testing.assert_close(a, t, rtol=1e-7, atol=1e-7)
+
+
+def test_fused_block_property_random_shapes_signs_and_ties() -> None:
+    """Hypothesis: shapes, batch-norm weights of either sign and integer inputs (exact ties
+    in pooling windows, constant channels) against the torch.nn.functional composition."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    nonzero = st.one_of(st.floats(0.01, 3.0), st.floats(-3.0, -0.01))
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(n=st.integers(1, 3), cin=st.integers(1, 3), c=st.integers(1, 4),
+           hw=st.sampled_from([2, 4, 6]), gammas=st.lists(nonzero, min_size=4, max_size=4),
+           ints=st.booleans(), seed=st.integers(0, 2**31 - 1))
+    def check(n: int, cin: int, c: int, hw: int, gammas: list[float], ints: bool, seed: int) -> None:
+        _fused_block_case_check(n, cin, c, hw, gammas, ints, seed)
+
+    check()
