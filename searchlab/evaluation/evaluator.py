@@ -85,11 +85,11 @@ class Evaluator:
         time_limit: seconds per evaluation (default: the fidelity's); ``timeout`` after.
         reject_invalid: score rules failing the probe ``invalid`` without training.
         threads: ``torch.set_num_threads`` during evaluations (default: leave as set).
-
-    Creating an evaluator applies :func:`searchlab.allocator.tune_malloc` (glibc malloc
-    settings that stop large activations from page-faulting on every step; environment
-    ``SEARCHLAB_MALLOC_TUNING=0`` leaves the allocator alone).
         **task_options: passed to the task (e.g. ``data_dir=`` for ``cifar10``).
+
+    Creating (or unpickling) an evaluator applies :func:`searchlab.allocator.tune_malloc`
+    (glibc malloc settings that stop large activations from page-faulting on every step;
+    environment ``SEARCHLAB_MALLOC_TUNING=0`` leaves the allocator alone).
     """
 
     def __init__(self, task: str | Task = "mnist1d", fidelity: str | Fidelity = "fast", *,

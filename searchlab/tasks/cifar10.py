@@ -52,7 +52,6 @@ from typing import Any, ClassVar, Iterable, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .base import (
