@@ -31,7 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from searchlab.cache import RewardCache, _jsonable, default_cache_path  # noqa: E402
+from searchlab.cache import RewardCache, default_cache_path  # noqa: E402
+from searchlab.result import result_to_json  # noqa: E402
 from searchlab.evaluate import Evaluator  # noqa: E402
 
 #: (label, rule text)
@@ -72,7 +73,7 @@ def run_part(part: str, out: Path, data_dir: str | None, threads: int, cache: st
             for seed in spec["seeds"]:
                 t0 = time.perf_counter()
                 r = ev.evaluate(rule, seed, test=True)
-                row = {"part": part, "label": label, **_jsonable(r.as_dict()),
+                row = {"part": part, "label": label, **result_to_json(r),
                        "wall": time.perf_counter() - t0, "threads": threads}
                 fh.write(json.dumps(row) + "\n")
                 fh.flush()

@@ -64,7 +64,7 @@ def has_sign_product(rule_text: str) -> bool:
 
 def build_evaluator(task: str, fidelity: str, cache: str | None, threads: int | None) -> Any:
     if task == "toy":
-        from searchlab.toy import ToyEvaluator
+        from searchlab.testing.toy import ToyEvaluator
 
         return ToyEvaluator()
     from searchlab.evaluate import Evaluator

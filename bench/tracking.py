@@ -46,7 +46,7 @@ import torch  # noqa: E402
 from searchlab.mlflow_tracker import MlflowTracker, local_store_uri  # noqa: E402
 from searchlab.result import Result  # noqa: E402
 from searchlab.runner import run_search  # noqa: E402
-from searchlab.toy import ToyEvaluator  # noqa: E402
+from searchlab.testing.toy import ToyEvaluator  # noqa: E402
 from searchlab.tracking import NullTracker  # noqa: E402
 
 
@@ -75,8 +75,8 @@ class WorkEvaluator:
     """The toy objective plus a fixed amount of CPU work per sample (not a fixed time:
     when the tracker steals CPU, evaluations really get slower)."""
 
-    task = "toy"
-    fidelity = "probe"
+    task_name = "toy"      # the searchlab.interfaces.Evaluator contract
+    protocol = "probe"
 
     def __init__(self, iters: int) -> None:
         self.toy = ToyEvaluator()

@@ -1,19 +1,26 @@
-"""Gymnasium environments of searchlab.  Importing this package registers
-``searchlab/OptimizerSearch-v0`` (see :mod:`envs.optimizer_search`)::
+"""Gymnasium environments of searchlab, installed as ``searchlab.envs`` (pyproject.toml
+maps this folder there).  ``import searchlab`` registers ``searchlab/OptimizerSearch-v0``
+(see :mod:`searchlab.envs.optimizer_search`)::
 
-    import gymnasium, envs
+    import gymnasium, searchlab
     env = gymnasium.make("searchlab/OptimizerSearch-v0", task="rosenbrock", fidelity="smoke")
 """
 
 from __future__ import annotations
 
-import gymnasium
+from typing import TYPE_CHECKING, Any
 
-from .optimizer_search import OptimizerSearchEnv
+from searchlab import ENV_ID, register_envs
 
-ENV_ID = "searchlab/OptimizerSearch-v0"
+if TYPE_CHECKING:
+    from .optimizer_search import OptimizerSearchEnv
 
-if ENV_ID not in gymnasium.registry:
-    gymnasium.register(id=ENV_ID, entry_point="envs.optimizer_search:OptimizerSearchEnv")
+__all__ = ["ENV_ID", "OptimizerSearchEnv", "register_envs"]
 
-__all__ = ["ENV_ID", "OptimizerSearchEnv"]
+
+def __getattr__(name: str) -> Any:
+    if name == "OptimizerSearchEnv":   # imports gymnasium's spaces, the DSL: on first use
+        from .optimizer_search import OptimizerSearchEnv
+
+        return OptimizerSearchEnv
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The search as a Gymnasium environment (DESIGN sections 1 and 4).
+"""The search as a Gymnasium environment.
 
 One episode writes one update rule token by token (Bello et al. 2017, section 3.1: the
 controller emits ``op1, op2, u1, u2, b`` per group); the terminal reward is the
@@ -14,7 +14,7 @@ network).  The env is a thin adapter over :mod:`searchlab.dsl` and an evaluation
   ``V``; zeros for positions not yet written) followed by the one-hot position
   ``0..L``.  Flat and fixed-size, so MLP policies see the whole prefix and recurrent
   policies get the position; not ``MultiDiscrete``, which crashes ``RecurrentPPO`` on
-  torch 2.13 (ECOSYSTEM);
+  torch 2.13;
 * reward ``0.0`` until the last token, then the evaluator's reward (a Python ``float``);
 * ``info`` of every step: ``position``, ``tokens`` so far; of the terminal step also
   ``rule`` (text), ``key`` (canonical), ``status``, ``best_lr``, ``cost`` (seconds of
@@ -29,8 +29,8 @@ outside ``Discrete(V)`` raises ``ValueError`` (a programming error, not a search
 Evaluation path.  Pass ``evaluate`` (a callable ``list[Rule] -> list[Result]``, e.g. the
 runner's path handed to ``Strategy.run``: dedup, budget, executor, tracker) to make
 episodes part of a search; otherwise the env builds its own evaluator from ``task`` and
-``fidelity`` (``task="toy"``: :class:`searchlab.toy.ToyEvaluator`, millisecond; any
-other task: ``searchlab.evaluate.Evaluator(task=..., fidelity=...)``), or uses the
+``fidelity`` with :func:`searchlab.evaluators.make_evaluator` (``task="toy"``: the
+microsecond toy objective; any other task: the reward protocol), or uses the
 ``evaluator`` object given.
 
 Determinism.  With its own evaluator the terminal evaluation is seeded with
@@ -49,6 +49,7 @@ import numpy as np
 from gymnasium import spaces
 
 from searchlab.dsl import Rule, Space, get_space, valid_next_tokens
+from searchlab.interfaces import Evaluator
 from searchlab.result import FLOOR_REWARD, Result
 
 EvaluateFn = Callable[[list[Rule]], list[Result]]
@@ -104,14 +105,10 @@ class OptimizerSearchEnv(gym.Env):
         self._done = True
         self._episode_seed = 0 if eval_seed is None else eval_seed
 
-    def _build_evaluator(self) -> Any:
-        if self.task == "toy":
-            from searchlab.toy import ToyEvaluator
+    def _build_evaluator(self) -> Evaluator:
+        from searchlab.evaluators import make_evaluator
 
-            return ToyEvaluator(**self._task_options)
-        from searchlab.evaluate import Evaluator  # the real reward protocol
-
-        return Evaluator(task=self.task, fidelity=self.fidelity, **self._task_options)
+        return make_evaluator(self.task, self.fidelity, **self._task_options)
 
     # --- observation and masks ---------------------------------------------------------
     def _obs(self) -> np.ndarray:

@@ -32,8 +32,6 @@ worker processes each open their own connection (a cache pickles as its path).
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sqlite3
 import threading
@@ -41,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .result import Result
+from .result import Result, dumps_result, loads_result
 
 __all__ = ["CACHEABLE_STATUSES", "PROTOCOL_VERSION", "RewardCache", "default_cache_path"]
 
@@ -74,28 +72,6 @@ def default_cache_path() -> Path:
     from .tasks.base import data_cache_dir
 
     return data_cache_dir() / "rewards.sqlite"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)  # 'nan', 'inf': JSON has no literal for them
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
-def _unjson(value: Any) -> Any:
-    if value in ("nan", "inf", "-inf"):
-        return float(value)
-    if isinstance(value, dict):
-        return {k: _unjson(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_unjson(v) for v in value]
-    return value
 
 
 class RewardCache:
@@ -157,7 +133,7 @@ class RewardCache:
                 self.misses += 1
                 return None
             self.hits += 1
-        return Result.from_dict(_unjson(json.loads(row[0])))
+        return loads_result(row[0])
 
     def get_by_key(self, key: str, task: str, fidelity: str, seed: int) -> Result | None:
         """Lookup by canonical key instead of fingerprint (does not count)."""
@@ -166,7 +142,7 @@ class RewardCache:
                 "SELECT data FROM results WHERE key=? AND task=? AND fidelity=? AND seed=? "
                 "AND protocol=? ORDER BY created LIMIT 1",
                 (key, str(task), str(fidelity), int(seed), PROTOCOL_VERSION)).fetchone()
-        return None if row is None else Result.from_dict(_unjson(json.loads(row[0])))
+        return None if row is None else loads_result(row[0])
 
     def put(self, result: Result) -> bool:
         """Store ``result`` under its own fingerprint/task/fidelity/seed.  Returns False
@@ -174,7 +150,7 @@ class RewardCache:
         fingerprint."""
         if result.status not in CACHEABLE_STATUSES or not result.fingerprint:
             return False
-        data = json.dumps(_jsonable(result.with_(cached=False).as_dict()))
+        data = dumps_result(result.with_(cached=False))
         with self._lock:
             db = self._db()
             db.execute(

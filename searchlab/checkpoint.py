@@ -38,7 +38,6 @@ Checkpoints are pickles: load only run directories you trust (your own).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pickle
@@ -47,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping
 
-from .result import Result
+from .result import Result, dumps_result, loads_result
 
 if TYPE_CHECKING:
     from .strategy import Strategy
@@ -96,22 +95,6 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         pass
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    if hasattr(obj, "item"):     # numpy / torch scalars
-        return obj.item()
-    return str(obj)
-
-
-def result_to_json(result: Result) -> str:
-    return json.dumps(result.as_dict(), default=_json_default, allow_nan=True)
-
-
-def result_from_json(line: str) -> Result:
-    return Result.from_dict(json.loads(line))
-
-
 class Journal:
     """Append-only file of completed evaluations, one JSON line each, fsynced per line
     (``fsync=False``: flushed only, enough to survive the process being killed)."""
@@ -131,7 +114,7 @@ class Journal:
         self._f = open(self.path, "a", encoding="utf-8")
 
     def append(self, result: Result) -> None:
-        self._f.write(result_to_json(result) + "\n")
+        self._f.write(dumps_result(result) + "\n")
         self._f.flush()
         if self.fsync:
             os.fsync(self._f.fileno())
@@ -153,7 +136,7 @@ class Journal:
                 if not line:
                     continue
                 try:
-                    out.append(result_from_json(line))
+                    out.append(loads_result(line))
                 except (ValueError, TypeError, KeyError):
                     continue
         return out

@@ -1,4 +1,4 @@
-"""Typed, frozen configuration: YAML files plus ``key=value`` overrides (DESIGN 3, 8.1).
+"""Typed, frozen configuration: YAML files plus ``key=value`` overrides.
 
 A configuration is built in layers, later layers winning::
 
@@ -22,7 +22,6 @@ strategy choices the same way.
 from __future__ import annotations
 
 import difflib
-import importlib
 import os
 import re
 from pathlib import Path
@@ -48,10 +47,17 @@ def _default_config_dir() -> Path:
     env = os.environ.get("SEARCHLAB_CONFIGS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "configs"
+    here = Path(__file__).resolve().parent
+    # installed: the repository's configs/ ships as package data searchlab/configs/
+    # (pyproject.toml maps it); a source checkout or editable install: <repo>/configs/
+    for cand in (here / "configs", here.parent / "configs"):
+        if (cand / "default.yaml").is_file():
+            return cand
+    return here.parent / "configs"
 
 
-#: Where ``configs/`` lives: ``$SEARCHLAB_CONFIGS`` or the repository's ``configs/``.
+#: Where ``configs/`` lives: ``$SEARCHLAB_CONFIGS``, else the ``configs/`` installed with
+#: the package (the repository's ``configs/`` in a checkout).
 CONFIG_DIR: Path = _default_config_dir()
 
 
@@ -343,16 +349,13 @@ def _validate_names(cfg: Config, config_dir: Path) -> None:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"unknown {key} {name!r}{hint}; valid: {', '.join(valid)}")
 
-    try:
-        from .strategy import STRATEGIES
-        strategy_names = STRATEGIES.names()
-    except ImportError:  # the strategies package is not importable: nothing to check against
-        strategy_names = None
-    if strategy_names is not None:
-        check("strategy", cfg.strategy.name, strategy_names, "strategy")
-        for label, sc in strategy_choices(cfg, config_dir):
-            if sc.name not in strategy_names:
-                check("strategy", label if label == sc.name else sc.name, strategy_names, "strategy")
+    from .strategy import STRATEGIES   # names only: no strategy module is imported
+
+    strategy_names = STRATEGIES.names()
+    check("strategy", cfg.strategy.name, strategy_names, "strategy")
+    for label, sc in strategy_choices(cfg, config_dir):
+        if sc.name not in strategy_names:
+            check("strategy", label if label == sc.name else sc.name, strategy_names, "strategy")
     for key, name, names in _registry_names(cfg):
         check(key, name, names, key)
     check("executor", cfg.executor.name, EXECUTORS.names(), "executor")
@@ -362,28 +365,13 @@ def _validate_names(cfg: Config, config_dir: Path) -> None:
 
 
 def _registry_names(cfg: Config) -> list[tuple[str, str, list[str]]]:
-    """Task and fidelity names, checked when the evaluator package provides registries."""
-    out: list[tuple[str, str, list[str]]] = []
-    try:
-        from . import tasks as _tasks
-    except ImportError:
-        return out
-    reg = getattr(_tasks, "TASKS", None)
-    if reg is not None:
-        # "toy" is the millisecond toy objective (searchlab.toy), built without a Task
-        out.append(("task", cfg.task.name, sorted(set(reg.names()) | {"toy"})))
-    if cfg.task.name == "toy":
-        return out
-    fid = getattr(_tasks, "FIDELITIES", None)
-    for module in ("evaluate", "evaluation"):
-        if fid is None:
-            try:
-                fid = getattr(importlib.import_module(f"{__package__}.{module}"), "FIDELITIES", None)
-            except ImportError:
-                fid = None
-    if fid is not None:
-        names = list(fid.names()) if hasattr(fid, "names") else sorted(fid)
-        out.append(("fidelity", cfg.fidelity.name, names))
+    """Task and fidelity names (light modules: no task or training code is imported)."""
+    from .evaluation.fidelity import FIDELITIES
+    from .evaluators import TOY_TASK, task_names
+
+    out = [("task", cfg.task.name, task_names())]
+    if cfg.task.name != TOY_TASK:
+        out.append(("fidelity", cfg.fidelity.name, FIDELITIES.names()))
     return out
 
 

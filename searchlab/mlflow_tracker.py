@@ -1,4 +1,5 @@
-"""The MLflow tracker (DESIGN 7): one parent run per search, one nested run per sample.
+"""The MLflow tracker: one parent run per search, one nested run per sample; and the
+MLflow side of comparison reports (:func:`log_report`, :func:`load_runs_from_mlflow`).
 
 Layout::
 
@@ -54,8 +55,10 @@ from .tracking import TRACKERS, Tracker
 
 if TYPE_CHECKING:
     from .result import Result
+    from .runfiles import RunRecord
 
-__all__ = ["MlflowTracker", "TrackingError", "check_tracking_uri", "git_commit",
+__all__ = ["MlflowTracker", "REPORT_METRICS", "TrackingError", "check_tracking_uri",
+           "git_commit", "load_runs_from_mlflow", "log_report",
            "local_store_uri", "resolve_tracking_uri"]
 
 log = logging.getLogger(__name__)
@@ -514,7 +517,7 @@ class MlflowTracker(Tracker):
         t0 = time.perf_counter()
         from mlflow.entities import Metric, RunTag
 
-        from .compare import write_search_files
+        from .runfiles import write_search_files
 
         client, run_id = self.client, self.run_id
         now = int(time.time() * 1000)
@@ -579,6 +582,24 @@ class MlflowTracker(Tracker):
     def cpu_seconds_writer(self) -> float:
         """CPU seconds the writer's thread spent in MLflow calls."""
         return self._writer.cpu_seconds if self._writer is not None else 0.0
+
+    def where(self) -> str:
+        return f"{self.uri}  experiment {self.experiment!r}"
+
+    def log_report(self, files: Mapping[str, Path], rows: Sequence[Mapping[str, Any]],
+                   params: Mapping[str, Any]) -> None:
+        """One ``report`` run in this tracker's experiment (:func:`log_report`)."""
+        log_report(files, rows, uri=self.uri, experiment=self.experiment, params=params,
+                   run_dir=self.run_dir)
+
+    def open_hint(self) -> str:
+        """``searchlab ui`` for the local store, the experiment's page for a server."""
+        if self.uri.startswith(("http://", "https://")):
+            return f"open {self.experiment_url() or self.uri}"
+        if self.uri == local_store_uri(self.run_dir):
+            arg = "" if str(self.run_dir) == "runs" else f" run_dir={self.run_dir}"
+            return f"searchlab ui{arg}   (then open http://127.0.0.1:5000)"
+        return f"searchlab ui tracking.uri={self.uri}"
 
     def experiment_url(self) -> str | None:
         """The experiment's runs page, for a tracking server URI (None for local stores)."""
@@ -692,7 +713,7 @@ class _SqlChildren:
 
 def _best_note(results: Sequence["Result"], top_k: int) -> str:
     """Markdown for the parent run's description: the best rules."""
-    from .compare import best_results
+    from .runfiles import best_results
 
     best = best_results(results, top_k)
     if not best:
@@ -702,3 +723,80 @@ def _best_note(results: Sequence["Result"], top_k: int) -> str:
         lr = f"{r.best_lr:.0e}" if r.best_lr is not None else "-"
         lines.append(f"- {r.reward:.4f}  lr {lr}  `{r.rule}`")
     return "\n".join(lines)
+
+
+# --- comparison reports ------------------------------------------------------------------
+#: per-strategy numbers of a report row logged as ``compare/<strategy>/<name>`` metrics
+REPORT_METRICS: tuple[str, ...] = (
+    "best_reward_mean", "best_reward_ci_low", "best_reward_ci_high",
+    "median_evals_to_threshold", "unique_ratio", "wall_s_per_sample")
+
+
+def log_report(files: Mapping[str, Path], rows: Sequence[Mapping[str, Any]], *, uri: str,
+               experiment: str, params: Mapping[str, Any] | None = None,
+               run_dir: str | os.PathLike[str] = "runs",
+               metrics: Mapping[str, float] | None = None) -> str:
+    """Log a comparison report to MLflow: one ``report`` run in ``experiment`` with the
+    report files as artifacts, per strategy the metrics ``compare/<strategy>/<name>``
+    (:data:`REPORT_METRICS`), any further ``metrics`` given as flat ``name -> value``, and
+    ``summary.md`` as the run's description.  Returns the run id."""
+    from mlflow.entities import Metric, Param
+
+    tracker = MlflowTracker(uri=uri, experiment=experiment, run_dir=run_dir, check=False)
+    client = tracker._client()
+    exp_id = tracker.ensure_experiment()
+    md = files.get("summary.md")
+    note = md.read_text() if md is not None and Path(md).is_file() else ""
+    run = client.create_run(exp_id, run_name="report",
+                            tags={"searchlab.role": "report", "mlflow.note.content": note})
+    now = int(time.time() * 1000)
+    out = []
+    for r in rows:
+        for k in REPORT_METRICS:
+            v = r.get(k)
+            if _finite(v):
+                out.append(Metric(_key(f"compare/{r['strategy']}/{k}"), float(v), now, 0))
+    for k, v in (metrics or {}).items():
+        if _finite(v):
+            out.append(Metric(_key(k), float(v), now, 0))
+    ps = [Param(_key(k), _param_value(v)) for k, v in (params or {}).items()][:100]
+    for i in range(0, len(out), 1000):          # MLflow's log_batch takes <= 1000 metrics
+        client.log_batch(run.info.run_id, metrics=out[i:i + 1000], params=ps if i == 0 else [])
+    if not out:
+        client.log_batch(run.info.run_id, params=ps)
+    for path in files.values():
+        client.log_artifact(run.info.run_id, str(path))
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def load_runs_from_mlflow(experiment: str, uri: str, dest: str | os.PathLike[str]
+                          ) -> list["RunRecord"]:
+    """The searches of an MLflow experiment (parent runs' ``results.json`` artifacts),
+    downloaded into ``dest/runs/<label>-s<seed>/``, in the order they started."""
+    from mlflow import MlflowClient
+
+    from .runfiles import load_search
+
+    _quiet_mlflow_logs()
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise FileNotFoundError(f"no folder and no MLflow experiment named {experiment!r} "
+                                f"in {uri}")
+    runs = client.search_runs([exp.experiment_id],
+                              filter_string="tags.`searchlab.role` = 'search'",
+                              max_results=10000)
+    out = []
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):   # the comparison's order
+        tags = run.data.tags
+        label = tags.get("searchlab.label") or tags.get("strategy") or run.info.run_name
+        seed = int(tags.get("seed", 0))
+        target = Path(dest) / "runs" / f"{label}-s{seed}"
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            local = client.download_artifacts(run.info.run_id, "results.json", str(target))
+        except Exception:  # noqa: BLE001 - an unfinished run has no results.json
+            continue
+        out.append(load_search(local, label=label, seed=seed))
+    return out

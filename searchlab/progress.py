@@ -102,7 +102,6 @@ class CompareProgress:
                 f"best {label} {_best(self.best.get(label, -math.inf))}, "
                 f"{eta_text(done, self.total, time.perf_counter() - self.t0)}", refresh=True)
 
-        update.restart = self.restart  # type: ignore[attr-defined]
         return update
 
     def restart(self) -> None:

@@ -1,9 +1,20 @@
-"""``Result``: what one evaluation of a rule returns (DESIGN section 4)."""
+"""``Result``: what one evaluation of a rule returns, and its one JSON codec.
+
+Every file that stores results (the reward cache, the evaluation journal, a run folder's
+``results.json``) writes them with :func:`result_to_json` and reads them with
+:func:`result_from_json`.  JSON has no literal for NaN and infinities; the one convention
+here is the strings ``"nan"``, ``"inf"`` and ``"-inf"`` (strict JSON, and a reader sees
+what the value was).  :func:`result_from_json` also reads the two conventions of files
+written before it existed: bare ``NaN``/``Infinity`` literals (Python's ``json`` default,
+the old journal) and ``null`` for a NaN reward or sweep value (old ``results.json``).
+"""
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 Status = Literal["ok", "diverged", "invalid", "timeout", "error"]
 STATUSES: tuple[str, ...] = ("ok", "diverged", "invalid", "timeout", "error")
@@ -12,6 +23,9 @@ STATUSES: tuple[str, ...] = ("ok", "diverged", "invalid", "timeout", "error")
 #: error).  The same floor for all strategies keeps comparisons fair; 0.0 is below any
 #: task's reward (accuracies and normalised scores are in [0, 1]).
 FLOOR_REWARD: float = 0.0
+
+__all__ = ["FLOOR_REWARD", "Result", "STATUSES", "Status", "dumps_result", "from_jsonable",
+           "loads_result", "result_from_json", "result_to_json", "to_jsonable"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +68,78 @@ class Result:
 
     def with_(self, **changes: Any) -> "Result":
         return replace(self, **changes)
+
+
+# --- the JSON codec -----------------------------------------------------------------------
+_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+#: float fields of a Result that old files may hold as null for NaN
+_FLOAT_FIELDS = ("reward",)
+
+
+def to_jsonable(value: Any) -> Any:
+    """``value`` with non-finite floats as ``"nan"``/``"inf"``/``"-inf"``, tuples as lists,
+    numpy/torch scalars as Python numbers and anything else unknown as its ``str``."""
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return [to_jsonable(v) for v in sorted(value, key=str)]
+    item = getattr(value, "item", None)   # numpy / torch scalars (duck-typed on purpose)
+    if callable(item):
+        try:
+            return to_jsonable(item())
+        except (TypeError, ValueError):
+            pass
+    return str(value)
+
+
+def from_jsonable(value: Any) -> Any:
+    """Inverse of :func:`to_jsonable` for numbers: ``"nan"``/``"inf"``/``"-inf"`` become
+    floats again (recursively)."""
+    if isinstance(value, str):
+        return _NONFINITE.get(value, value)
+    if isinstance(value, dict):
+        return {k: from_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_jsonable(v) for v in value]
+    return value
+
+
+def result_to_json(result: Result) -> dict[str, Any]:
+    """A JSON-safe dict of every field of ``result`` (see the module docstring)."""
+    return to_jsonable(result.as_dict())
+
+
+def result_from_json(data: Mapping[str, Any]) -> Result:
+    """The :class:`Result` of a dict written by :func:`result_to_json` (or by an older
+    searchlab); unknown keys are ignored, so files from a newer version load too."""
+    known = set(Result.__dataclass_fields__)
+    d = {k: v for k, v in data.items() if k in known}
+    # text fields are never converted ("nan" may be a rule's text); numbers are
+    for k, v in list(d.items()):
+        if k not in ("rule", "key", "status", "task", "fidelity", "fingerprint", "message",
+                     "tokens"):
+            d[k] = from_jsonable(v)
+    for k in _FLOAT_FIELDS:
+        if d.get(k) is None:
+            d[k] = math.nan
+    d["sweep"] = tuple((float(lr), math.nan if v is None else v) for lr, v in d.get("sweep", ()))
+    d["curve"] = tuple(math.nan if v is None else v for v in d.get("curve", ()))
+    return Result.from_dict(d)
+
+
+def dumps_result(result: Result) -> str:
+    """One line of strict JSON (the journal's and the cache's format)."""
+    return json.dumps(result_to_json(result), allow_nan=False)
+
+
+def loads_result(text: str) -> Result:
+    """The result of a line written by :func:`dumps_result` (or an older searchlab)."""
+    return result_from_json(json.loads(text))

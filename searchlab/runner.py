@@ -1,4 +1,4 @@
-"""The one search loop (DESIGN section 3) and its result.
+"""The one search loop and its result (docs/ARCHITECTURE.md, "One sample's path").
 
 ::
 
@@ -47,12 +47,13 @@ import os
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .dsl import Rule, Space, TokenGrammarError, check_tokens, get_space
 from .executors import Executor, SerialExecutor, failure_result
+from .interfaces import Evaluator
 from .result import FLOOR_REWARD, Result
 from .strategy import STRATEGIES, Strategy
 from .tracking import NullTracker, Tracker
@@ -64,13 +65,6 @@ DEFAULT_STALL_LIMIT: int = 1000
 ProgressFn = Callable[[int, int, float], None]
 
 
-class Evaluator(Protocol):
-    """Anything with ``evaluate(rule, seed) -> Result`` that never raises for a bad rule
-    (``searchlab.evaluate.Evaluator``, :class:`searchlab.toy.ToyEvaluator`)."""
-
-    def evaluate(self, rule: Rule, seed: int) -> Result: ...
-
-
 @dataclass(frozen=True)
 class EvaluateTask:
     """The picklable callable the executor maps over fresh rules (runs in workers).
@@ -79,7 +73,7 @@ class EvaluateTask:
     ``error`` result with the traceback, so one bad worker never kills a search.
     """
 
-    evaluator: Any
+    evaluator: Evaluator
     seed: int
 
     def __call__(self, rule: Rule) -> Result:
@@ -169,11 +163,9 @@ def build_strategy(name: str, space: Space | str = "scratch", seed: int = 0,
 
 
 def strategy_name(strategy: Strategy) -> str:
-    """Registered name of a strategy instance (falls back to the class name)."""
-    for name in STRATEGIES.names():
-        if STRATEGIES.get(name) is type(strategy):
-            return name
-    return type(strategy).__name__
+    """Registered name of a strategy instance (``Strategy.name``; the class name for an
+    unregistered strategy)."""
+    return strategy.name or type(strategy).__name__
 
 
 class _Search:
@@ -183,17 +175,15 @@ class _Search:
     handed to strategies that own their loop.
     """
 
-    def __init__(self, space: Space, evaluator: Any, budget: int, eval_seed: int,
+    def __init__(self, space: Space, evaluator: Evaluator, budget: int, eval_seed: int,
                  executor: Executor, tracker: Tracker, stall_limit: int,
                  progress: ProgressFn | None) -> None:
         self.space = space
         self.task = EvaluateTask(evaluator, eval_seed)
         # a dead worker or a timeout becomes a floor-reward result (executors docstring)
         self.on_failure = functools.partial(
-            failure_result, seed=eval_seed,
-            task=component_name(getattr(evaluator, "task", None)),
-            fidelity=str(getattr(evaluator, "protocol", "")
-                         or component_name(getattr(evaluator, "fidelity", None))))
+            failure_result, seed=eval_seed, task=evaluator.task_name,
+            fidelity=evaluator.protocol)
         self.budget = budget
         self.eval_seed = eval_seed
         self.executor = executor
@@ -335,15 +325,6 @@ class _Search:
                            extra={**first.extra, "repeat_of": first.extra.get("sample")})
 
 
-def component_name(obj: Any) -> str:
-    """Name of a task/fidelity given as a string or an object with ``name``."""
-    if obj is None:
-        return ""
-    if isinstance(obj, str):
-        return obj
-    return str(getattr(obj, "name", obj))
-
-
 def _tokens(rule: Rule) -> tuple[str, ...]:
     try:
         return rule.to_tokens()
@@ -363,7 +344,7 @@ def _tqdm_progress(budget: int) -> tuple[ProgressFn, Callable[[], None]]:
     return update, bar.close
 
 
-def run_search(strategy: Strategy | str, evaluator: Any, budget: int, batch_size: int = 1,
+def run_search(strategy: Strategy | str, evaluator: Evaluator, budget: int, batch_size: int = 1,
                seed: int | None = None, eval_seed: int = 0, executor: Executor | None = None,
                tracker: Tracker | None = None, progress: ProgressFn | bool | None = None, *,
                space: Space | str = "scratch", options: Mapping[str, Any] | None = None,
@@ -377,8 +358,9 @@ def run_search(strategy: Strategy | str, evaluator: Any, budget: int, batch_size
     Args:
         strategy: a :class:`Strategy` instance, or a registered name built with
             :func:`build_strategy` from ``space``, ``seed`` and ``options``.
-        evaluator: any object with ``evaluate(rule, seed) -> Result`` (must be picklable
-            for process/Ray executors).
+        evaluator: an :class:`~searchlab.interfaces.Evaluator` (``task_name``,
+            ``protocol``, ``evaluate(rule, seed) -> Result``; picklable for process/Ray
+            executors).
         budget: number of unique canonical keys to evaluate.
         batch_size: rules asked per round (at most the remaining budget); the executor
             evaluates a round's fresh rules in parallel.
@@ -426,8 +408,7 @@ def run_search(strategy: Strategy | str, evaluator: Any, budget: int, batch_size
                     "batch_size": batch_size, "space": strategy.space.name,
                     "depth": strategy.space.depth, **dict(params or {})}
     start_tags = {"strategy": name, "seed": str(seed),
-                  "task": component_name(getattr(evaluator, "task", None)),
-                  "fidelity": component_name(getattr(evaluator, "fidelity", None)),
+                  "task": evaluator.task_name, "fidelity": evaluator.protocol,
                   **dict(tags or {})}
     ckpt = None
     if checkpoint_dir is not None:   # journal + checkpoint after every batch; maybe resume

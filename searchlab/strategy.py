@@ -1,4 +1,4 @@
-"""The Strategy interface (DESIGN section 4): ``ask(n)`` rules, ``tell(results)``.
+"""The Strategy interface: ``ask(n)`` rules, ``tell(results)``.
 
 Strategies never see MLflow, executors or caches: the runner asks them for rules, has
 them evaluated (through the cache) and tells them the results in the order asked.
@@ -7,7 +7,7 @@ them evaluated (through the cache) and tells them the results in the order asked
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from .registry import Registry
 
@@ -23,6 +23,9 @@ class Strategy(abc.ABC):
     state) and their own keyword options.  ``ask`` may return rules already evaluated:
     the runner serves them from the cache without spending budget.
     """
+
+    #: the registered name (set by ``STRATEGIES.register``; used in run names and logs)
+    name: ClassVar[str] = ""
 
     def __init__(self, space: "Space", seed: int, **options: Any) -> None:
         self.space = space
@@ -53,8 +56,21 @@ class Strategy(abc.ABC):
         return None
 
 
-def _load_builtin_strategies() -> None:
-    import strategies  # noqa: F401  (registers the built-in strategies)
+#: built-in strategies: name -> the module that registers it (imported when selected)
+BUILTIN_STRATEGIES: dict[str, str] = {
+    "random": "searchlab.strategies.random",          # uniform over valid token strings
+    "evolution": "searchlab.strategies.evolution",    # regularized (aging) evolution
+    "gp": "searchlab.strategies.gp",                  # DEAP strongly typed GP
+    "nos-ppo": "searchlab.strategies.controller",     # the paper's LSTM controller + PPO
+    "reinforce": "searchlab.strategies.controller",   # the same controller, REINFORCE
+    "sb3": "searchlab.strategies.sb3",                # stable-baselines3 agents
+}
 
 
-STRATEGIES: Registry[type[Strategy]] = Registry("strategy", _load_builtin_strategies)
+def _set_name(name: str, cls: "type[Strategy]") -> None:
+    if isinstance(cls, type) and issubclass(cls, Strategy) and not cls.__dict__.get("name"):
+        cls.name = name
+
+
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", builtins=BUILTIN_STRATEGIES,
+                                                on_register=_set_name)

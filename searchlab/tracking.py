@@ -1,7 +1,8 @@
-"""Trackers: where the runner logs samples (main process only, DESIGN 8.10).
+"""Trackers: where the runner logs samples (main process only).
 
-``Tracker`` is the interface; ``NullTracker`` and ``MemoryTracker`` (tests) live here,
-the MLflow tracker is registered in the same registry.
+``Tracker`` is the interface; ``NullTracker`` and ``MemoryTracker`` (tests) live here;
+the MLflow tracker (:mod:`searchlab.mlflow_tracker`) is a built-in of the same registry,
+imported only when selected.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from .registry import Registry
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .result import Result
 
 
@@ -20,7 +23,14 @@ class Tracker:
     ``start`` is called once per search with the flattened config and tags; ``log`` with
     each batch of results and the sample index of the first; ``finish`` with a summary.
     All hooks default to no-ops.
+
+    What the application reads after (or while) a search: :attr:`error` (one line when
+    some writes failed), :meth:`abort` (the search was interrupted or crashed),
+    :meth:`where` and :meth:`open_hint` (what to tell the user).
     """
+
+    #: one line when some writes failed (set by ``finish``), else None
+    error: str | None = None
 
     def start(self, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
         return None
@@ -48,8 +58,28 @@ class Tracker:
         if results:
             self.log(results, 0)
 
+    def abort(self, status: str = "KILLED") -> None:
+        """The search was interrupted (``KILLED``) or crashed (``FAILED``): flush what was
+        logged and mark the run so; a later resume may reopen it."""
+        return None
 
-TRACKERS: Registry[type[Tracker]] = Registry("tracker")
+    def log_report(self, files: Mapping[str, "Path"], rows: Sequence[Mapping[str, Any]],
+                   params: Mapping[str, Any]) -> None:
+        """Log a comparison's report: its files, one row of numbers per strategy
+        (:func:`searchlab.report.comparison.summarize`) and the comparison's settings."""
+        return None
+
+    def where(self) -> str | None:
+        """Where this tracker logs, for the user (None: nowhere worth saying)."""
+        return None
+
+    def open_hint(self) -> str | None:
+        """How to look at what was logged: a command or a URL (None: nothing to open)."""
+        return None
+
+
+TRACKERS: Registry[type[Tracker]] = Registry(
+    "tracker", builtins={"mlflow": "searchlab.mlflow_tracker"})
 
 
 @TRACKERS.register("none")
@@ -82,7 +112,3 @@ class MemoryTracker(Tracker):
     def finish(self, summary: Mapping[str, Any]) -> None:
         self.finished += 1
         self.summary = dict(summary)
-
-
-# The MLflow tracker registers itself as "mlflow" (MLflow is imported lazily, at first use).
-from . import mlflow_tracker as _mlflow_tracker  # noqa: E402,F401  (registration)

@@ -50,7 +50,7 @@ Presets (``preset=`` option; any other option overrides one field):
   (``reinforce``), advantages divided by a running reward std (so the entropy
   coefficient means the same on any reward scale), gradient-norm clip 1,
   ``repeats="floor"``; entropy 0.0015, hidden 150 and the init as in the paper.  Chosen
-  on :class:`searchlab.toy.ToyEvaluator` (PowerSign target) over 8 seeds at 200 unique
+  on :class:`searchlab.testing.toy.ToyEvaluator` (PowerSign target) over 8 seeds at 200 unique
   evaluations on the ``small`` and ``scratch`` spaces.
 
 Everything is seeded from ``seed`` through one explicit :class:`torch.Generator`

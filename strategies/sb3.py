@@ -242,9 +242,9 @@ class SB3Strategy(Strategy):
 
     def make_env(self, evaluate: Callable[[list[Rule]], list[Result]]) -> gym.Env:
         """The env of this strategy: the registered id, its space, the runner's path."""
-        import envs
+        from searchlab.envs import ENV_ID
 
-        env = gym.make(envs.ENV_ID, space=self.space, evaluate=evaluate,
+        env = gym.make(ENV_ID, space=self.space, evaluate=evaluate,
                        disable_env_checker=True)
         self.stats = {"steps": 0, "episodes": 0, "invalid": 0, "invalid_streak": 0,
                       "repeats": 0}

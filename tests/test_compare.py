@@ -11,9 +11,10 @@ import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from searchlab.compare import (RunRecord, best_results, best_so_far, bootstrap_ci,  # noqa: E402
-                               evals_to_reach, load_runs, load_search, summarize, write_report,
-                               write_search_files)
+from searchlab.report.comparison import (best_so_far, bootstrap_ci, evals_to_reach,  # noqa: E402
+                                         summarize, write_report)
+from searchlab.runfiles import (RunRecord, best_results, load_runs, load_search,  # noqa: E402
+                                write_search_files)
 from searchlab.result import Result  # noqa: E402
 
 

@@ -18,8 +18,8 @@ from searchlab.dsl import Rule, Space, check_tokens, get_space, parse, valid_nex
 from searchlab.result import FLOOR_REWARD, Result
 from searchlab.runner import run_search
 from searchlab.strategy import STRATEGIES
-from searchlab.toy import ToyEvaluator
-from strategies.controller import (PRESETS, NosPPO, Reinforce, make_config, ppo_clip_loss,
+from searchlab.testing.toy import ToyEvaluator
+from searchlab.strategies.controller import (PRESETS, NosPPO, Reinforce, make_config, ppo_clip_loss,
                                    single_thread)
 
 ALGOS = ["nos-ppo", "reinforce"]

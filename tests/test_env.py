@@ -10,13 +10,13 @@ import gymnasium
 import numpy as np
 import pytest
 
-import envs
-from envs import ENV_ID, OptimizerSearchEnv
+import searchlab.envs as envs
+from searchlab.envs import ENV_ID, OptimizerSearchEnv
 from searchlab.dsl import Rule, get_space, parse, valid_next_tokens
 from searchlab.result import FLOOR_REWARD
 from searchlab.runner import run_search
 from searchlab.strategy import Strategy
-from searchlab.toy import ToyEvaluator
+from searchlab.testing.toy import ToyEvaluator
 
 POWERSIGN = parse("exp(sign(g)*sign(m))*g")
 
@@ -34,7 +34,7 @@ def write(env: OptimizerSearchEnv, tokens, seed: int | None = 0):
 
 
 def test_make_works_in_a_fresh_interpreter():
-    code = ("import gymnasium, envs\n"
+    code = ("import gymnasium, searchlab  # import searchlab registers the env\n"
             "env = gymnasium.make('searchlab/OptimizerSearch-v0', task='toy', space='small', depth=1)\n"
             "obs, info = env.reset(seed=0)\n"
             "print(env.action_space.n, obs.shape, env.unwrapped.space.length)\n")

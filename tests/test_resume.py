@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from searchlab import faults
+from searchlab.testing import faults
 from searchlab.checkpoint import (CHECKPOINT_FILE, JOURNAL_FILE, Journal, ResumeError,
                                   atomic_write_bytes)
 from searchlab.executors import ProcessExecutor
 from searchlab.result import Result
 from searchlab.runner import run_search
-from searchlab.toy import ToyEvaluator
+from searchlab.testing.toy import ToyEvaluator
 from searchlab.tracking import MemoryTracker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,8 +155,8 @@ def test_cli_search_killed_with_sigkill_resumes_into_the_same_mlflow_run(tmp_pat
     with the background writer; killed mid-run, resumed with ``resume=<run dir>``."""
     from mlflow import MlflowClient
 
-    from searchlab.commands.search import make_strategy
-    from searchlab.compare import load_search
+    from searchlab.app import build_strategy as make_strategy
+    from searchlab.runfiles import load_search
     from searchlab.config import load_config
 
     budget, run = 30, tmp_path / "run"

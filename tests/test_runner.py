@@ -15,7 +15,7 @@ from searchlab.result import FLOOR_REWARD, Result
 from searchlab.runner import (EvaluateTask, SearchResult, build_strategy, run_search,
                               strategy_name)
 from searchlab.strategy import Strategy
-from searchlab.toy import ToyEvaluator
+from searchlab.testing.toy import ToyEvaluator
 from searchlab.tracking import MemoryTracker
 
 SPACE1 = get_space("scratch", depth=1)   # 5-token rules: easy to write by hand
@@ -28,7 +28,7 @@ def r1(*tokens: str) -> Rule:
 class CountingEvaluator:
     """Wraps the toy evaluator and records every (rule text, seed) it evaluates."""
 
-    task, fidelity = "toy", "probe"
+    task_name, protocol = "toy", "probe"   # the searchlab.interfaces.Evaluator contract
 
     def __init__(self, inner: Any = None) -> None:
         self.inner = inner or ToyEvaluator()
@@ -189,6 +189,8 @@ def test_tracker_gets_start_fresh_samples_with_indices_and_finish():
 
 def test_evaluator_exceptions_become_error_results():
     class Boom:
+        task_name, protocol = "toy", "probe"
+
         def evaluate(self, rule, seed):
             if rule.text == "m*1":
                 raise RuntimeError("boom")

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-import envs
+import searchlab.envs as envs
 from searchlab.dsl import Rule, check_tokens, get_space, valid_next_tokens
 from searchlab.result import FLOOR_REWARD, Result
 from searchlab.runner import build_strategy, run_search
 from searchlab.strategy import STRATEGIES
-from searchlab.toy import ToyEvaluator
+from searchlab.testing.toy import ToyEvaluator
 from searchlab.tracking import MemoryTracker
-from strategies.sb3 import SB3Strategy, _TrainingReward, algorithm_class
+from searchlab.strategies.sb3 import SB3Strategy, _TrainingReward, algorithm_class
 
 SMALL = get_space("small")
 
@@ -26,7 +26,7 @@ SMALL = get_space("small")
 class CountingEvaluator:
     """The toy evaluator, recording every rule it is asked to evaluate."""
 
-    task, fidelity = "toy", "probe"
+    task_name, protocol = "toy", "probe"   # the searchlab.interfaces.Evaluator contract
 
     def __init__(self) -> None:
         self.inner = ToyEvaluator()

@@ -32,7 +32,7 @@ from searchlab.dsl.nodes import Bin
 from searchlab.executors import Executor
 from searchlab.runner import build_strategy, run_search
 from searchlab.strategy import STRATEGIES, Strategy
-from searchlab.toy import ToyEvaluator
+from searchlab.testing.toy import ToyEvaluator
 
 NAMES = STRATEGIES.names()
 LEARNING = [n for n in NAMES if n != "random"]
@@ -150,7 +150,7 @@ def test_state_dict_is_picklable(name):
 # "learning strategies beat random": the toy objective on the `small` space (the space
 # made for tests and demos), a budget of 200 unique evaluations, seeds 0..6.  The
 # comparison is of medians of the best reward; with the default target PowerSign the
-# toy gives partial credit for building blocks (see searchlab.toy), so learning pays.
+# toy gives partial credit for building blocks (see searchlab.testing.toy), so learning pays.
 LEARN_BUDGET, LEARN_SEEDS, LEARN_SPACE = 200, range(7), "small"
 
 
@@ -183,7 +183,7 @@ def _sid(s: Space) -> str:
 
 @pytest.mark.parametrize("space", SPACES_FOR_COUNTS, ids=_sid)
 def test_completion_counts_match_count_rules(space):
-    from strategies.random import TokenSampler
+    from searchlab.strategies.random import TokenSampler
 
     assert TokenSampler(space).completions([]) == count_rules(space)
 
@@ -211,7 +211,7 @@ def _chi2_pvalue(counts: list[int]) -> float:
 
 
 def test_random_samples_are_uniform_over_token_strings():
-    from strategies.random import TokenSampler
+    from searchlab.strategies.random import TokenSampler
 
     strings = _all_strings(TINY)
     assert len(strings) == count_rules(TINY)
@@ -233,8 +233,8 @@ def test_random_samples_are_uniform_over_token_strings():
 
 # --- evolution -----------------------------------------------------------------------
 def test_mutation_changes_a_token_keeps_valid_ones_and_repairs_the_rest():
-    from strategies.evolution import mutate_tokens
-    from strategies.random import TokenSampler
+    from searchlab.strategies.evolution import mutate_tokens
+    from searchlab.strategies.random import TokenSampler
 
     space = get_space("scratch", depth=3)
     sampler = TokenSampler(space)
@@ -251,7 +251,7 @@ def test_mutation_changes_a_token_keeps_valid_ones_and_repairs_the_rest():
 
 
 def test_aging_evolution_kills_the_oldest_and_breeds_from_the_tournament_winner():
-    from strategies.evolution import RegularizedEvolution
+    from searchlab.strategies.evolution import RegularizedEvolution
 
     space = get_space("small")
     ev = RegularizedEvolution(space, 0, population=4, sample_size=4, mutations=1)
@@ -288,7 +288,7 @@ def _tree_node(tree, i=0):
 @pytest.mark.parametrize("space", [get_space("scratch", depth=d) for d in (1, 2, 3, 4)] +
                          [get_space("small", no_final_add=False)], ids=_sid)
 def test_gp_trees_are_rules_of_the_space(space):
-    from strategies.gp import GeneticProgramming, _seeded, build_pset, tree_tokens
+    from searchlab.strategies.gp import GeneticProgramming, _seeded, build_pset, tree_tokens
 
     pset = build_pset(space)
     terms = {t.value for ts in pset.terminals.values() for t in ts}
@@ -330,7 +330,7 @@ def test_gp_leaves_global_random_state_and_creator_alone():
 @pytest.mark.slow
 def test_gp_is_deterministic_across_processes():
     code = ("from searchlab.runner import run_search\n"
-            "from searchlab.toy import ToyEvaluator\n"
+            "from searchlab.testing.toy import ToyEvaluator\n"
             "r = run_search('gp', ToyEvaluator(), budget=40, batch_size=10, seed=3)\n"
             "print(' '.join(r.keys))\n")
     outs = []

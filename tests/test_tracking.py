@@ -24,7 +24,7 @@ from searchlab.mlflow_tracker import (MlflowTracker, TrackingError, check_tracki
                                       local_store_uri, resolve_tracking_uri)
 from searchlab.result import Result  # noqa: E402
 from searchlab.runner import run_search  # noqa: E402
-from searchlab.toy import ToyEvaluator  # noqa: E402
+from searchlab.testing.toy import ToyEvaluator  # noqa: E402
 from searchlab.tracking import TRACKERS  # noqa: E402
 
 SAMPLE_PARAMS = {"rule", "tokens", "key", "status", "cached"}

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError, strategy_choices
-from .search import (add_config_arguments, fail, load_or_fail, make_strategy, reference_text, say,
-                     ui_hint)
+from ._common import add_config_arguments, fail, load_or_fail, reference_text, say
 
 EXAMPLES = """\
 examples:
@@ -43,36 +40,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _report_source(cfg: Config) -> tuple[list[Any], Path, str]:
-    """Runs, output folder and experiment name for ``report=<folder or experiment>``."""
-    from ..compare import load_runs, load_runs_from_mlflow
-    from ..mlflow_tracker import check_tracking_uri, resolve_tracking_uri
-
-    assert cfg.report is not None
-    src = Path(cfg.report)
-    for cand in (src, Path(cfg.run_dir) / cfg.report):
-        if cand.is_dir():
-            runs = load_runs(cand)
-            if not runs:
-                raise ConfigError(f"report={cfg.report!r}: no finished runs in {str(cand)!r} "
-                                  "(expected runs/<strategy>-s<seed>/results.json)")
-            return runs, Path(cfg.out) if cfg.out else cand, cfg.tracking.experiment or cand.name
-    uri = resolve_tracking_uri(cfg.tracking.uri, cfg.run_dir)
-    check_tracking_uri(uri)
-    dest = Path(cfg.out) if cfg.out else Path(cfg.run_dir) / cfg.report
-    try:
-        runs = load_runs_from_mlflow(cfg.report, uri, dest)
-    except FileNotFoundError as e:
-        raise ConfigError(f"report={cfg.report!r}: {e}") from None
-    if not runs:
-        raise ConfigError(f"report={cfg.report!r}: the MLflow experiment has no finished searches")
-    return runs, dest, cfg.report
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..compare import log_report, run_comparison, summarize, write_report
+    from ..app import (check_comparison, comparison_name, log_comparison, report_source,
+                       run_comparison)
+    from ..config import ConfigError, strategy_choices
     from ..mlflow_tracker import TrackingError, check_tracking_uri, resolve_tracking_uri
-    from .search import comparison_name
+    from ..report.comparison import write_report
 
     cfg = load_or_fail("compare", args, allow_compare_keys=True)
     if isinstance(cfg, int):
@@ -83,18 +56,16 @@ def run(args: argparse.Namespace) -> int:
         return fail("compare", f"{clash[0]!r} does not apply with strategies=[...]: each "
                                "strategy takes its options from configs/strategy/<name>.yaml "
                                "(add a file such as gp-big.yaml for a variant)")
-    use_mlflow = cfg.tracking.name == "mlflow"
     try:
         if cfg.report:
-            runs, folder, experiment = _report_source(cfg)
+            runs, folder, experiment = report_source(cfg)
             files = write_report(runs, folder, cfg.threshold,
                                  title=f"{runs[0].summary.get('task', cfg.task.name)} / "
                                        f"{runs[0].summary.get('fidelity', cfg.fidelity_name)}")
         else:
-            if use_mlflow:  # fail before any search when the store is unreachable
+            if cfg.tracking.name == "mlflow":  # fail before any search on an unreachable store
                 check_tracking_uri(resolve_tracking_uri(cfg.tracking.uri, cfg.run_dir))
-            for label, sc in strategy_choices(cfg):   # bad options fail before any search
-                make_strategy(cfg.model_copy(update={"strategy": sc}), label)
+            check_comparison(cfg)               # bad strategy options fail before any search
             experiment = cfg.tracking.experiment or comparison_name(cfg)
             cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(
                 update={"experiment": experiment})})
@@ -102,26 +73,19 @@ def run(args: argparse.Namespace) -> int:
             say(f"compare: {n} searches of {cfg.budget} unique evaluations on "
                 f"{cfg.task.name}/{cfg.fidelity_name} (experiment {experiment!r})")
             folder, files, runs = run_comparison(cfg, echo=say)
-        rows, _, thr = summarize(runs, cfg.threshold)
-        if use_mlflow:
-            uri = resolve_tracking_uri(cfg.tracking.uri, cfg.run_dir)
-            log_report(files, rows, uri=uri, experiment=experiment, run_dir=cfg.run_dir,
-                       params={"strategies": sorted({r.label for r in runs}),
-                               "seeds": sorted({r.seed for r in runs}),
-                               "budget": cfg.budget, "task": cfg.task.name,
-                               "fidelity": cfg.fidelity_name, "threshold": thr})
-    except TrackingError as e:
-        return fail("compare", str(e))
-    except ConfigError as e:
+        tracker = log_comparison(cfg, experiment, files, runs)
+    except (TrackingError, ConfigError) as e:
         return fail("compare", str(e))
     print()
     print(files["summary.md"].read_text())
     print(f"report:   {folder}")
     for name in ("best_so_far.png", "rewards.png", "summary.csv", "summary.md"):
         print(f"          {files[name]}")
-    if use_mlflow:
-        print(f"MLflow:   experiment {experiment!r}")
-        print(f"open UI:  {ui_hint(cfg)}")
+    where, hint = tracker.where(), tracker.open_hint()
+    if where:
+        print(f"MLflow:   {where}")
+    if hint:
+        print(f"open UI:  {hint}")
     print(f"re-report without re-running: searchlab compare report={folder}")
     sys.stdout.flush()
     return 0

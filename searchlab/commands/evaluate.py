@@ -117,7 +117,8 @@ def _load_with_notice(ev: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cache import RewardCache, _jsonable, default_cache_path
+    from ..cache import RewardCache, default_cache_path
+    from ..result import result_to_json
     from ..evaluate import Evaluator
     from ..tasks import DataNotFoundError
 
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"searchlab evaluate: {msg}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(_jsonable(result.as_dict()), indent=2))
+        print(json.dumps(result_to_json(result), indent=2))
     else:
         print(format_result(result))
     return 1 if result.status == "error" else 0

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import ConfigError, parse_model
-from .search import fail, say
+from ._common import fail, say
 
 
 class ExportOptions(BaseModel):
@@ -72,8 +72,8 @@ def make_optimizer(params, lr: float = LR, *, {total}, **kwargs) -> RuleOptimize
 
 def _pick(opts: ExportOptions) -> tuple[str, float | None, str]:
     """(rule text, best lr, origin description) from ``source`` and ``rank``."""
-    from ..compare import best_results, load_runs, load_runs_from_mlflow
-    from ..mlflow_tracker import check_tracking_uri, resolve_tracking_uri
+    from ..mlflow_tracker import check_tracking_uri, load_runs_from_mlflow, resolve_tracking_uri
+    from ..runfiles import best_results, load_runs
 
     assert opts.source is not None
     src = Path(opts.source)

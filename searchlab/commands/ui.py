@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import ConfigError, parse_model
-from .search import fail, say
+from ._common import fail, say
 
 
 class UiOptions(BaseModel):

@@ -115,6 +115,11 @@ class Evaluator:
 
     # --- names -----------------------------------------------------------------------
     @property
+    def task_name(self) -> str:
+        """The task's registered name (``mnist1d``)."""
+        return self.task.name
+
+    @property
     def protocol(self) -> str:
         """The fidelity's key plus the sweep path when it is not the task's default;
         recorded as ``Result.fidelity`` and used in cache keys."""

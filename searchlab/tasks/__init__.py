@@ -1,4 +1,4 @@
-"""Child tasks (DESIGN sections 4 and 6): each builds data and a model for a seed.
+"""Child tasks: each builds data and a model for a seed.
 
 Registered tasks (``TASKS``)::
 
@@ -11,20 +11,33 @@ Registered tasks (``TASKS``)::
 reward protocol on it.
 """
 
-from .base import (
-    TASKS,
-    ClassificationTask,
-    DataNotFoundError,
-    ProblemTask,
-    Splits,
-    StackedModel,
-    Task,
-    data_cache_dir,
-    derive_seed,
-    get_task,
-)
+from __future__ import annotations
 
-__all__ = [
-    "ClassificationTask", "DataNotFoundError", "ProblemTask", "Splits", "StackedModel",
-    "TASKS", "Task", "data_cache_dir", "derive_seed", "get_task",
-]
+from typing import TYPE_CHECKING, Any
+
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    from .base import Task
+
+#: name -> Task subclass; the built-in tasks' modules are imported when one is selected
+TASKS: "Registry[type[Task]]" = Registry("task", builtins={
+    "mnist1d": "searchlab.tasks.mnist1d",
+    "cifar10": "searchlab.tasks.cifar10",
+    "rosenbrock": "searchlab.tasks.problems",
+    "ensemble": "searchlab.tasks.problems",
+})
+
+_FROM_BASE = ("ClassificationTask", "DataNotFoundError", "ProblemTask", "Splits",
+              "StackedModel", "Task", "data_cache_dir", "derive_seed", "get_task")
+
+__all__ = ["TASKS", *_FROM_BASE]
+
+
+def __getattr__(name: str) -> Any:
+    # the task classes import torch: only when asked for (listing TASKS names does not)
+    if name in _FROM_BASE:
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,20 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..registry import Registry
+from . import TASKS
 
 __all__ = [
     "ClassificationTask", "DataNotFoundError", "ProblemTask", "Splits", "StackedModel",
     "TASKS", "Task", "data_cache_dir", "derive_seed", "get_task",
 ]
-
-
-def _load_builtin_tasks() -> None:
-    from . import cifar10, mnist1d, problems  # noqa: F401  (register the built-in tasks)
-
-
-#: name -> Task subclass
-TASKS: Registry[type["Task"]] = Registry("task", _load_builtin_tasks)
 
 
 class DataNotFoundError(FileNotFoundError):

@@ -41,10 +41,10 @@ from typing import Mapping
 
 import numpy as np
 
-from .dsl import ParseError, Rule, as_rule
-from .dsl.nodes import Bin, Call, Const, Leaf, Node
-from .dsl.primitives import DIV_DELTA, decay_value, is_decay_name
-from .result import FLOOR_REWARD, STATUSES, Result
+from ..dsl import ParseError, Rule, as_rule
+from ..dsl.nodes import Bin, Call, Const, Leaf, Node
+from ..dsl.primitives import DIV_DELTA, decay_value, is_decay_name
+from ..result import FLOOR_REWARD, STATUSES, Result
 
 #: PowerSign, the paper's best-known discovery (section 5): the default hidden target.
 POWERSIGN = "exp(sign(g)*sign(m))*g"
@@ -191,6 +191,9 @@ class ToyEvaluator:
 
     task = "toy"
     fidelity = "probe"
+    #: the evaluator contract (searchlab.interfaces.Evaluator)
+    task_name = "toy"
+    protocol = "probe"
 
     def __post_init__(self) -> None:
         for status in list(self.fail.values()) + [self.fail_status]:

@@ -76,12 +76,12 @@ class FaultyEvaluator(FaultInjector):
     ``FaultyEvaluator(ToyEvaluator(), crash=frozenset({rule.key}))``."""
 
     @property
-    def task(self) -> Any:
-        return getattr(self.fn, "task", "")
+    def task_name(self) -> str:
+        return self.fn.task_name
 
     @property
-    def fidelity(self) -> Any:
-        return getattr(self.fn, "fidelity", "")
+    def protocol(self) -> str:
+        return self.fn.protocol
 
     def evaluate(self, rule: Any, seed: int = 0) -> Any:
         self._misbehave(rule)

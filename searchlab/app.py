@@ -1,0 +1,418 @@
+"""The application layer: a search or a comparison from a config, run, written and logged.
+
+This is where the pieces meet (docs/ARCHITECTURE.md)::
+
+    cfg = load_config([...])                         # searchlab.config: typed, frozen
+    strategy  = build_strategy(cfg)                  # registry lookups by name
+    evaluator = build_evaluator(cfg)                 # searchlab.evaluators.make_evaluator
+    executor  = build_executor(cfg)
+    tracker   = build_tracker(cfg, experiment, run_name)
+    result    = runner.run_search(strategy, evaluator, ..., executor, tracker)
+    runfiles.write_search_files(folder, result.results, summary)
+
+:func:`run_one_search` does exactly that (plus checkpoint/resume and the progress bar);
+:func:`run_comparison` runs it for every strategy x seed and writes the report
+(:mod:`searchlab.report.comparison`), which the comparison's tracker logs.  The CLI
+commands (:mod:`searchlab.commands`) parse arguments, call these functions and print;
+:func:`search` is the Python API (``searchlab.search``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from .config import Config, ConfigError, flatten, load_config, strategy_choices
+from .tracking import Tracker
+
+if TYPE_CHECKING:
+    from .dsl import Space
+    from .evaluation import Fidelity
+    from .executors import Executor
+    from .interfaces import Evaluator
+    from .runfiles import RunRecord
+    from .runner import ProgressFn, SearchResult
+    from .strategy import Strategy
+
+__all__ = [
+    "build_evaluator", "build_executor", "build_fidelity", "build_space", "build_strategy",
+    "build_tracker", "comparison_name", "resume_config", "run_comparison", "run_one_search",
+    "search", "search_name", "unique_folder",
+]
+
+
+# --- names ------------------------------------------------------------------------------
+def _stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def search_name(cfg: Config, label: str | None = None) -> str:
+    """A new experiment's name for one search: ``<run name>-<date>-<time>``."""
+    return f"{cfg.run_name(label)}-{_stamp()}"
+
+
+def comparison_name(cfg: Config) -> str:
+    """A new experiment's name for one comparison."""
+    return f"compare-{cfg.task.name}-{cfg.fidelity_name}-{_stamp()}"
+
+
+def unique_folder(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... if it already holds results (or a search
+    checkpoint, which ``resume=<path>`` continues)."""
+    if not (path / "results.json").exists() and not (path / "summary.md").exists() \
+            and not (path / "checkpoint.pkl").exists():
+        return path
+    k = 2
+    while (path.parent / f"{path.name}-{k}").exists():
+        k += 1
+    return path.parent / f"{path.name}-{k}"
+
+
+# --- builders: config -> components (each a registry lookup by name) -----------------------
+def build_space(cfg: Config) -> "Space":
+    """The search space of ``cfg`` (named space with depth/constraint overrides)."""
+    from .dsl import get_space
+
+    return get_space(cfg.space.name, **cfg.space.overrides())
+
+
+def build_fidelity(cfg: Config) -> "Fidelity":
+    """The named fidelity, with ``fidelity.options`` overriding its fields."""
+    from dataclasses import fields
+
+    from .evaluation.fidelity import get_fidelity
+
+    base = get_fidelity(cfg.fidelity.name)
+    if not cfg.fidelity.options:
+        return base
+    valid = [f.name for f in fields(base) if f.name not in ("name", "base", "doc")]
+    bad = [k for k in cfg.fidelity.options if k not in valid]
+    if bad:
+        raise ConfigError(f"unknown config key 'fidelity.options.{bad[0]}'; valid keys under "
+                          f"'fidelity.options': {', '.join(valid)}")
+    try:
+        return base.with_(**cfg.fidelity.options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bad value in 'fidelity.options': {e}") from None
+
+
+def build_evaluator(cfg: Config) -> "Evaluator":
+    """The evaluator of ``cfg`` (:func:`searchlab.evaluators.make_evaluator`); the reward
+    cache persists across searches in ``<run_dir>/cache``."""
+    from .evaluators import TOY_TASK, make_evaluator
+
+    toy = cfg.task.name == TOY_TASK
+    try:
+        return make_evaluator(cfg.task.name, "fast" if toy else build_fidelity(cfg),
+                              cache_dir=None if toy else Path(cfg.run_dir) / "cache",
+                              **cfg.task.options)
+    except TypeError as e:
+        raise ConfigError(f"bad task.options for task {cfg.task.name!r}: {e}") from None
+
+
+def build_strategy(cfg: Config, label: str | None = None) -> "Strategy":
+    """The strategy of ``cfg``; bad options become one-line :class:`ConfigError`."""
+    from .runner import build_strategy as build
+
+    try:
+        return build(cfg.strategy.name, build_space(cfg), cfg.seed, **cfg.strategy.options)
+    except (TypeError, KeyError, ValueError) as e:
+        text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        where = f" ({label})" if label and label != cfg.strategy.name else ""
+        raise ConfigError(f"bad strategy.options for {cfg.strategy.name!r}{where}: "
+                          f"{text.splitlines()[0] if text else type(e).__name__}") from None
+
+
+def build_executor(cfg: Config) -> "Executor":
+    """The executor of ``cfg``; ``serial`` with ``workers > 1`` means the process pool
+    (the default for more than one worker)."""
+    from .executors import EXECUTORS
+
+    name = cfg.executor.name
+    if name == "serial" and cfg.executor.workers > 1:
+        name = "process"
+    cls = EXECUTORS.get(name)
+    try:
+        return cls(workers=cfg.executor.workers, **cfg.executor.options)
+    except TypeError as e:
+        raise ConfigError(f"bad executor.options for executor {name!r}: {e}") from None
+
+
+def build_tracker(cfg: Config, experiment: str, run_name: str) -> Tracker:
+    """The tracker of ``cfg``; an MLflow tracker checks its store here (fails fast)."""
+    from .tracking import TRACKERS
+
+    cls = TRACKERS.get(cfg.tracking.name)
+    return cls(uri=cfg.tracking.uri, experiment=experiment, run_name=run_name,
+               run_dir=cfg.run_dir, child_runs=cfg.tracking.child_runs,
+               background=cfg.tracking.background, top_k=cfg.top_k)
+
+
+def resume_config(run_dir: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
+    """The config of the search in ``run_dir`` (its ``config.yaml``) for ``resume=``;
+    ``overrides`` may change how it runs (``executor=ray``, ``workers=4``, a larger
+    ``budget``); the search itself (strategy, seed, task...) must stay the same."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"resume={run_dir}: no config.yaml there; pass the run directory "
+                          "printed when the search started")
+    rest = [o for o in overrides if o.partition("=")[0].strip() not in ("resume", "config")]
+    return load_config(rest + [f"resume={run_dir}"], str(path))
+
+
+def say(message: str) -> None:
+    """A status line for the user (stderr, so stdout stays the command's output)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- one search -------------------------------------------------------------------------
+def _write_config(folder: Path, cfg: Config) -> None:
+    import yaml
+
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"),
+                                                       sort_keys=False))
+
+
+def run_one_search(cfg: Config, *, label: str | None = None, out: str | os.PathLike[str] | None = None,
+                   experiment: str | None = None, progress: "ProgressFn | None" = None,
+                   on_start: Callable[[], None] | None = None,
+                   quiet: bool | None = None, tracker: Tracker | None = None
+                   ) -> tuple["SearchResult", Path, Tracker]:
+    """Run the search ``cfg`` describes; write its files into ``out``; return
+    ``(SearchResult, output folder, tracker)``.  Raises ``TrackingError`` (before
+    searching) when the tracking store is unreachable.
+
+    ``progress`` (default: a progress bar) is called after every batch; ``on_start``
+    when the search loop begins (after the tracker's setup), to restart its clock."""
+    from .checkpoint import Checkpointer
+    from .progress import SearchProgress
+    from .runfiles import write_search_files
+    from .runner import run_search
+
+    label = label or cfg.strategy.name
+    # resume: ``resume=<run dir>`` (search), or ``resume: true`` with an interrupted run
+    # in ``out`` (compare); the MLflow experiment is the checkpointed one
+    resume_dir = Path(cfg.resume) if isinstance(cfg.resume, str) else (
+        Path(out) if cfg.resume is True and out is not None
+        and Checkpointer(out).exists() else None)
+    if resume_dir is not None:
+        tracked = Checkpointer(resume_dir).load().state.tracker
+        experiment = experiment or tracked.get("experiment") or cfg.tracking.experiment \
+            or search_name(cfg, label)
+        folder = resume_dir
+    else:
+        experiment = experiment or cfg.tracking.experiment or search_name(cfg, label)
+        folder = Path(out) if out is not None else unique_folder(
+            Path(cfg.out) if cfg.out else Path(cfg.run_dir) / experiment)
+    # everything that can fail on a bad config or store, before any side effect
+    run_name = cfg.run_name(label)
+    if tracker is None:
+        tracker = build_tracker(cfg, experiment, run_name)   # fails fast on a bad URI
+    evaluator = build_evaluator(cfg)
+    strategy = build_strategy(cfg, label)
+    if resume_dir is None:
+        Checkpointer(folder).clear()        # a new search replaces an old one's state
+    folder.mkdir(parents=True, exist_ok=True)
+    if resume_dir is None:
+        _write_config(folder, cfg)
+    if out is None:
+        say(f"run directory: {folder}   (after a crash: searchlab search resume={folder})")
+    bar: SearchProgress | None = None
+    if progress is None:
+        bar = SearchProgress(cfg.budget, desc=run_name, quiet=cfg.quiet if quiet is None else quiet)
+        progress = bar
+    params = flatten(cfg.model_dump(mode="json", exclude={"strategies", "seeds", "report",
+                                                          "threshold", "resume", "quiet"}))
+    tags = {"searchlab.label": label, "task": cfg.task.name, "fidelity": evaluator.protocol,
+            "space": cfg.space.name}
+    restart = bar.restart if bar is not None else on_start
+    executor = build_executor(cfg)
+    try:
+        result = run_search(strategy, evaluator, cfg.budget, cfg.batch_size, cfg.seed,
+                            eval_seed=cfg.eval_seed, executor=executor,
+                            tracker=_OnStart(tracker, restart), progress=progress,
+                            top_k=cfg.top_k, params=params, tags=tags,
+                            checkpoint_dir=folder, resume=resume_dir is not None)
+    except BaseException:
+        # interrupted (Ctrl-C) or crashed: flush what was logged, mark the run KILLED /
+        # FAILED (resume=<folder> reopens it)
+        tracker.abort("KILLED" if sys.exc_info()[0] is KeyboardInterrupt else "FAILED")
+        raise
+    finally:
+        executor.close()
+        if bar is not None:
+            bar.close()
+    summary = {**result.summary(), "label": label, "task": cfg.task.name,
+               "fidelity": evaluator.protocol, "space": cfg.space.name,
+               "experiment": experiment, "config": cfg.model_dump(mode="json")}
+    write_search_files(folder, result.results, summary, top_k=cfg.top_k)
+    if resume_dir is None:
+        _write_config(folder, cfg)
+    return result, folder, tracker
+
+
+class _OnStart(Tracker):
+    """Forwards to ``inner``; calls ``hook()`` right after ``start``/``resume`` (the search
+    loop begins then: the progress clock restarts after the tracker's setup)."""
+
+    def __init__(self, inner: Tracker, hook: Callable[[], None] | None) -> None:
+        self.inner, self.hook = inner, hook
+
+    def start(self, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
+        self.inner.start(params, tags)
+        if self.hook is not None:
+            self.hook()
+
+    def log(self, results: Sequence[Any], first_index: int) -> None:
+        self.inner.log(results, first_index)
+
+    def finish(self, summary: Mapping[str, Any]) -> None:
+        self.inner.finish(summary)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def resume(self, state: Mapping[str, Any], params: Mapping[str, Any],
+               tags: Mapping[str, str], results: Sequence[Any]) -> None:
+        self.inner.resume(state, params, tags, results)
+        if self.hook is not None:
+            self.hook()
+
+    def abort(self, status: str = "KILLED") -> None:
+        self.inner.abort(status)
+
+
+def _yaml(v: Any) -> str:
+    import yaml
+
+    if isinstance(v, tuple):
+        v = list(v)
+    if isinstance(v, str):
+        return v
+    return yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def config_of(config: Config | Mapping[str, Any] | Sequence[str] | str | None = None,
+              **overrides: Any) -> Config:
+    """A :class:`Config` from what the Python API accepts (see :func:`search`)."""
+    words = [f"{k}={_yaml(v)}" for k, v in overrides.items()]
+    if isinstance(config, Config):
+        return config if not words else load_config(words, data=config.model_dump(mode="json"))
+    if isinstance(config, Mapping):
+        return load_config(words, data=config)
+    if isinstance(config, str):
+        return load_config(words, config)
+    return load_config(list(config or ()) + words)
+
+
+def search(config: Config | Mapping[str, Any] | Sequence[str] | str | None = None,
+           **overrides: Any) -> "SearchResult":
+    """Run one search from a config and return its :class:`~searchlab.runner.SearchResult`.
+
+    ``config`` is a :class:`Config`, a mapping of config keys, a list of ``key=value``
+    strings, a YAML file or ready config name (``"experiment/quick"``), or None for the
+    defaults; keyword arguments are further overrides (``budget=50, strategy="gp"``).
+    Results are written to the output folder and logged as the config says (MLflow by
+    default).
+    """
+    cfg = config_of(config, **overrides)
+    if isinstance(cfg.resume, str):
+        cfg = resume_config(cfg.resume, [f"{k}={_yaml(v)}" for k, v in overrides.items()])
+    result, _, _ = run_one_search(cfg)
+    return result
+
+
+# --- a comparison -------------------------------------------------------------------------
+def check_comparison(cfg: Config) -> None:
+    """Fail before any search: every strategy choice must build with its options."""
+    for label, sc in strategy_choices(cfg):
+        build_strategy(cfg.model_copy(update={"strategy": sc}), label)
+
+
+def run_comparison(cfg: Config, *, out: str | os.PathLike[str] | None = None,
+                   echo: Callable[[str], None] | None = None
+                   ) -> tuple[Path, dict[str, Path], list["RunRecord"]]:
+    """Run every strategy x seed of ``cfg`` and write the report.  Returns (output
+    folder, report files, runs).  See ``searchlab compare``."""
+    from .progress import CompareProgress
+    from .report.comparison import write_report
+    from .runfiles import load_search, write_manifest
+
+    tell = echo or (lambda msg: None)
+    name = cfg.tracking.experiment or comparison_name(cfg)
+    folder = Path(out or cfg.out or Path(cfg.run_dir) / name)
+    choices = strategy_choices(cfg)
+    seeds = list(cfg.seeds) or [cfg.seed]
+    runs: list[RunRecord] = []
+    todo = []
+    for label, sc in choices:
+        for seed in seeds:
+            sub = folder / "runs" / f"{label}-s{seed}"
+            if cfg.resume and (sub / "results.json").is_file():
+                runs.append(load_search(sub, label=label, seed=seed))
+                tell(f"resume: {label} seed {seed} already finished ({sub})")
+            else:
+                todo.append((label, sc, seed, sub))
+    folder.mkdir(parents=True, exist_ok=True)
+    write_manifest(folder, {"strategies": [lab for lab, _ in choices], "seeds": seeds,
+                            "experiment": name, "config": cfg.model_dump(mode="json")})
+    bar = CompareProgress(len(todo), cfg.budget, quiet=cfg.quiet)
+    try:
+        for label, sc, seed, sub in todo:
+            run_cfg = cfg.model_copy(update={"strategy": sc, "seed": seed})
+            run_one_search(run_cfg, label=label, out=sub, experiment=name,
+                           progress=bar.start_run(label, seed), on_start=bar.restart,
+                           quiet=True)
+            bar.end_run()
+            runs.append(load_search(sub, label=label, seed=seed))
+    finally:
+        bar.close()
+    rank = {lab: i for i, (lab, _) in enumerate(choices)}
+    runs.sort(key=lambda r: (rank.get(r.label, len(rank)), r.seed))
+    files = write_report(runs, folder, cfg.threshold,
+                         title=f"{cfg.task.name} / {cfg.fidelity_name} / {cfg.space.name}")
+    return folder, files, runs
+
+
+def report_source(cfg: Config) -> tuple[list["RunRecord"], Path, str]:
+    """Runs, output folder and experiment name for ``report=<folder or experiment>``."""
+    from .mlflow_tracker import check_tracking_uri, load_runs_from_mlflow, resolve_tracking_uri
+    from .runfiles import load_runs
+
+    assert cfg.report is not None
+    src = Path(cfg.report)
+    for cand in (src, Path(cfg.run_dir) / cfg.report):
+        if cand.is_dir():
+            runs = load_runs(cand)
+            if not runs:
+                raise ConfigError(f"report={cfg.report!r}: no finished runs in {str(cand)!r} "
+                                  "(expected runs/<strategy>-s<seed>/results.json)")
+            return runs, Path(cfg.out) if cfg.out else cand, cfg.tracking.experiment or cand.name
+    uri = resolve_tracking_uri(cfg.tracking.uri, cfg.run_dir)
+    check_tracking_uri(uri)
+    dest = Path(cfg.out) if cfg.out else Path(cfg.run_dir) / cfg.report
+    try:
+        runs = load_runs_from_mlflow(cfg.report, uri, dest)
+    except FileNotFoundError as e:
+        raise ConfigError(f"report={cfg.report!r}: {e}") from None
+    if not runs:
+        raise ConfigError(f"report={cfg.report!r}: the MLflow experiment has no finished searches")
+    return runs, dest, cfg.report
+
+
+def log_comparison(cfg: Config, experiment: str, files: Mapping[str, Path],
+                   runs: Sequence["RunRecord"]) -> Tracker:
+    """Log a comparison's report with the config's tracker (an MLflow ``report`` run in
+    the comparison's experiment); returns the tracker (for :meth:`Tracker.open_hint`)."""
+    from .report.comparison import summarize
+
+    rows, _, thr = summarize(runs, cfg.threshold)
+    tracker = build_tracker(cfg, experiment, "report")
+    tracker.log_report(files, rows, {
+        "strategies": sorted({r.label for r in runs}), "seeds": sorted({r.seed for r in runs}),
+        "budget": cfg.budget, "task": cfg.task.name, "fidelity": cfg.fidelity_name,
+        "threshold": thr})
+    return tracker
