@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Mapping, Sequence
@@ -140,12 +141,15 @@ class _Val:
 
 
 class _Ctx:
-    __slots__ = ("grads", "params", "state", "step", "total", "gen", "betas", "ws")
+    """One evaluation.  ``replay``: random numbers drawn ahead (by
+    :meth:`CompiledRule.draw_noise`), handed out in plan order instead of drawing."""
+
+    __slots__ = ("grads", "params", "state", "step", "total", "gen", "betas", "ws", "replay")
 
     def __init__(self, grads: list[Tensor], params: Sequence[Tensor] | None,
                  state: Mapping[str, list[Tensor]], step: int, total: int | None,
                  gen: torch.Generator | None, betas: tuple[float, float, float],
-                 ws: Session) -> None:
+                 ws: Session, replay: deque[list[Tensor]] | None = None) -> None:
         self.grads = grads
         self.params = params
         self.state = state
@@ -154,6 +158,7 @@ class _Ctx:
         self.gen = gen
         self.betas = betas
         self.ws = ws
+        self.replay = replay
 
 
 def _inplace(ctx: _Ctx, v: _Val, op: Callable, *args: object) -> list[Tensor]:
@@ -211,12 +216,23 @@ def _draw(ctx: _Ctx, fill: Callable[[Tensor, torch.Generator], object]) -> list[
     return views
 
 
+def _replayed(ctx: _Ctx) -> list[Tensor]:
+    if not ctx.replay:
+        raise ValueError("noise= holds fewer draws than the rule makes; build it with "
+                         "draw_noise() for the same rule")
+    return ctx.replay.popleft()
+
+
 def _randn(ctx: _Ctx) -> list[Tensor]:
+    if ctx.replay is not None:
+        return _replayed(ctx)
     return _draw(ctx, lambda f, gen: f.normal_(0.0, 1.0, generator=gen))
 
 
 def _keep_mask(ctx: _Ctx, p: float) -> list[Tensor]:
     """1.0 with probability ``1 - p``, else 0.0, elementwise (the mask of ``drop``)."""
+    if ctx.replay is not None:
+        return _replayed(ctx)
     gen = _need_gen(ctx)
     views = ctx.ws.take()
     flat = ctx.ws.flat(views)
@@ -748,6 +764,11 @@ class CompiledRule:
     def _check(self, grads: Sequence[Tensor], params: Sequence[Tensor] | None,
                state: Mapping[str, list[Tensor]], total_steps: int | None) -> None:
         self.check_total_steps(total_steps)
+        if any(g.is_complex() for g in grads):
+            # the rule's operations are defined on real numbers: the caller decides how a
+            # complex tensor maps to reals (RuleOptimizer: torch.view_as_real, as torch.optim)
+            raise ValueError(f"rule {self.rule.text!r} got complex tensors; pass their "
+                             "torch.view_as_real views")
         if "w" in self._reads and params is None:
             raise ValueError(f"rule {self.rule.text!r} reads the weights w; pass params")
         for k in self._averages:
@@ -821,17 +842,42 @@ class CompiledRule:
     def _ctx(self, grads: list[Tensor], params: Sequence[Tensor] | None,
              state: Mapping[str, list[Tensor]], step: int, total_steps: int | None,
              generator: torch.Generator | None, betas: Sequence[float] | None,
-             workspace: Workspace | None) -> _Ctx:
+             workspace: Workspace | None, noise: Sequence[list[Tensor]] | None) -> _Ctx:
         self._check(grads, params, state, total_steps)
         ws = (workspace if workspace is not None else Workspace()).session(grads)
         return _Ctx(grads, params, state, int(step), total_steps, generator,
-                    self.betas if betas is None else _check_betas(betas), ws)
+                    self.betas if betas is None else _check_betas(betas), ws,
+                    None if noise is None else deque(noise))
+
+    def draw_noise(self, like: Sequence[Tensor], step: int,
+                   generator: torch.Generator | None,
+                   workspace: Workspace | None = None) -> list[list[Tensor]]:
+        """This step's random numbers for tensors shaped like ``like``: one list (one
+        tensor per element of ``like``) per draw, in the order :meth:`update` and
+        :meth:`apply_update` draw them, consuming ``generator`` exactly as they would.
+
+        Lets a caller update the tensors one at a time (``noise=[[d[i]] for d in
+        draws]`` for tensor ``i``) and still get the numbers of one call on all of them
+        (RuleOptimizer's ``foreach=False``).  Empty for a deterministic rule.  With a
+        ``workspace`` the draws live in its buffers (tag ``"noise"``) until the next call.
+        """
+        like = list(like)
+        ws = (workspace if workspace is not None else Workspace()).session(like, tag="noise")
+        ctx = _Ctx(like, None, {}, int(step), None, generator, self.betas, ws)
+        draws = []
+        for s in self._steps:  # plan order is evaluation order
+            if s.kind == "noise":
+                draws.append(_randn(ctx))
+            elif s.kind == "unary" and s.name == "drop" and float(s.value) != 0.0:  # type: ignore[arg-type]
+                draws.append(_keep_mask(ctx, float(s.value)))  # type: ignore[arg-type]
+        return draws
 
     def update(self, grads: Sequence[Tensor], params: Sequence[Tensor] | None,
                state: Mapping[str, list[Tensor]], step: int, total_steps: int | None = None,
                generator: torch.Generator | None = None,
                betas: Sequence[float] | None = None,
-               workspace: Workspace | None = None) -> list[Tensor]:
+               workspace: Workspace | None = None,
+               noise: Sequence[list[Tensor]] | None = None) -> list[Tensor]:
         """Advance the averages in ``state`` in place and return the update directions.
 
         The caller applies ``p -= lr * u``.  ``step`` is the 0-based count of steps taken
@@ -839,9 +885,11 @@ class CompiledRule:
         any extra leading (stack) dimension.  The returned tensors never alias the
         inputs; with a ``workspace`` (reused across calls to avoid allocating
         temporaries) they are scratch buffers valid until the next call with it.
+        ``noise``: the random numbers to use instead of drawing (see :meth:`draw_noise`;
+        they are overwritten).
         """
         ctx = self._ctx(list(grads), params, state, step, total_steps, generator, betas,
-                        workspace)
+                        workspace, noise)
         with torch.no_grad():
             vals, _ = self._run(ctx, fuse_root=False)
             out = _mat(ctx, vals[self._root])  # type: ignore[arg-type]
@@ -854,15 +902,17 @@ class CompiledRule:
                      total_steps: int | None = None,
                      generator: torch.Generator | None = None,
                      betas: Sequence[float] | None = None,
-                     workspace: Workspace | None = None) -> None:
+                     workspace: Workspace | None = None,
+                     noise: Sequence[list[Tensor]] | None = None) -> None:
         """``p <- p - lr * rule`` in place, fusing the rule's last ``*`` or ``/`` into the
         parameter update (``addcmul_``/``addcdiv_``): one pass fewer than
         :meth:`update` followed by ``p.add_(u, alpha=-lr)``.  Pass the same
         ``workspace`` every step to reuse scratch buffers (as :class:`RuleOptimizer` does).
+        ``noise`` as in :meth:`update`.
         """
         params = list(params)
         ctx = self._ctx(list(grads), params, state, step, total_steps, generator, betas,
-                        workspace)
+                        workspace, noise)
         with torch.no_grad():
             vals, root = self._run(ctx, fuse_root=True)
             args = _args(root, vals)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from searchlab.dsl import Rule, as_rule
 from searchlab.dsl.primitives import DEFAULT_BETAS
 
-from ._common import advance, check_lr, grouped
+from ._common import Bucket, BucketedOptimizer
 from .compiler import CompiledRule, _check_betas, compile_rule
-from .workspace import Workspace
 
 __all__ = ["RuleOptimizer"]
 
@@ -21,14 +19,15 @@ __all__ = ["RuleOptimizer"]
 DEFAULT_NOISE_SEED = 0
 
 
-class RuleOptimizer(Optimizer):
+class RuleOptimizer(BucketedOptimizer):
     """``w <- w - lr * rule`` for any rule of the NOS language.
 
     Args:
-        params: parameters or param-group dicts; each group may set its own ``lr``,
-            ``betas`` and ``total_steps``.
+        params: parameters (or ``(name, parameter)`` pairs) or param-group dicts; each
+            group may set its own ``lr``, ``betas``, ``total_steps`` and flags.
         rule: a :class:`~searchlab.dsl.Rule` or its text, e.g. ``"exp(sign(g)*sign(m))*g"``.
-        lr: learning rate (works with any ``torch.optim.lr_scheduler``).
+        lr: learning rate, a number or a 1-element Tensor (works with any
+            ``torch.optim.lr_scheduler``).
         total_steps: ``T`` of the decay operands (``ld``, ``cd``, ``rd_n`` ...); required
             when the rule reads one (a clear ``ValueError`` otherwise).
         betas: EMA decay rates of ``m``, ``v``, ``gamma`` (paper 4.2: 0.9, 0.999, 0.999).
@@ -36,16 +35,25 @@ class RuleOptimizer(Optimizer):
         seed: seed of a private generator (instead of ``generator``).  A stochastic rule
             with neither gets a private generator seeded with ``DEFAULT_NOISE_SEED`` (0):
             the global RNG is never read.
+        maximize, foreach, differentiable, capturable: torch's flags, with torch's
+            meaning; ``differentiable`` and ``capturable`` must stay False
+            (:mod:`searchlab.optim._common` says why and what ``foreach=False`` does).
+
+    Complex parameters are optimized as ``torch.view_as_real(p)``, as by torch's
+    optimizers; every rule has that meaning (its operations are elementwise on reals).
 
     State per parameter: ``step`` (an int) and a buffer for each moving average the rule
     reads, nothing else (PowerSign's rule: one buffer ``m``).  ``state_dict()`` also holds
-    the noise generator's state, so a saved-and-loaded optimizer continues bit-identically.
+    the noise generator's state, so a saved-and-loaded optimizer continues bit-identically;
+    so do ``copy.deepcopy``, pickling and ``torch.save(opt)``.
     """
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]],
-                 rule: Rule | str, lr: float = 1e-3, total_steps: int | None = None,
+                 rule: Rule | str, lr: float | Tensor = 1e-3, total_steps: int | None = None,
                  betas: Sequence[float] = DEFAULT_BETAS,
-                 generator: torch.Generator | None = None, seed: int | None = None) -> None:
+                 generator: torch.Generator | None = None, seed: int | None = None, *,
+                 maximize: bool = False, foreach: bool | None = None,
+                 differentiable: bool = False, capturable: bool = False) -> None:
         self.rule: Rule = as_rule(rule)
         self.compiled: CompiledRule = compile_rule(self.rule)
         if generator is not None and seed is not None:
@@ -54,16 +62,18 @@ class RuleOptimizer(Optimizer):
             generator = torch.Generator().manual_seed(
                 DEFAULT_NOISE_SEED if seed is None else int(seed))
         self.generator = generator
-        self.workspace = Workspace()  # scratch reused across steps (not state)
-        defaults = dict(lr=check_lr(lr), betas=_check_betas(betas), total_steps=total_steps)
-        super().__init__(params, defaults)
+        defaults = dict(lr=lr, betas=_check_betas(betas), total_steps=total_steps)
+        super().__init__(params, defaults, foreach=foreach, maximize=maximize,
+                         differentiable=differentiable, capturable=capturable)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         group["betas"] = _check_betas(group["betas"])
-        check_lr(group["lr"])
         self.compiled.check_total_steps(group["total_steps"])
+
+    def _state_keys(self) -> tuple[str, ...]:
+        return self.compiled.state_keys
 
     def _init_state(self, p: Tensor) -> dict[str, Any]:
         st: dict[str, Any] = {"step": 0}
@@ -71,21 +81,21 @@ class RuleOptimizer(Optimizer):
             st[k] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return st
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """One optimizer step; ``closure`` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        keys = self.compiled.state_keys
-        for group in self.param_groups:
-            for t, ps, gs, sts in grouped(group["params"], self.state, self._init_state):
-                state = {k: [st[k] for st in sts] for k in keys}
-                self.compiled.apply_update(ps, gs, state, t, group["lr"], group["total_steps"],
-                                           self.generator, group["betas"], self.workspace)
-                advance(sts)
-        return loss
+    def _update(self, bucket: Bucket, group: dict[str, Any], lr: float) -> None:
+        def apply(b: Bucket, noise: list[list[Tensor]] | None) -> None:
+            self.compiled.apply_update(b.params, b.grads, b.buffers, b.step, lr,
+                                       group["total_steps"], self.generator, group["betas"],
+                                       self.workspace, noise)
+
+        if group["foreach"] is not False:
+            apply(bucket, None)
+            return
+        # the for-loop implementation: the noise of the whole bucket is drawn first, as
+        # the foreach pass draws it, so both give the same numbers to the same elements
+        draws = self.compiled.draw_noise(bucket.grads, bucket.step, self.generator,
+                                         self.workspace) if self.compiled.is_stochastic else []
+        for i, one in enumerate(bucket.split()):
+            apply(one, [[d[i]] for d in draws] if draws else None)
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
@@ -118,14 +128,13 @@ class RuleOptimizer(Optimizer):
         rule = state.pop("rule", None)
         gen_state = state.pop("generator_state", None)
         super().__setstate__(state)
-        if rule is not None:
+        if rule is not None:  # unpickling (load_state_dict passes no rule)
             self.rule = as_rule(rule)
             self.compiled = compile_rule(self.rule)
             self.generator = None
             if gen_state is not None:
                 self.generator = torch.Generator()
                 self.generator.set_state(gen_state)
-        self.workspace = Workspace()
 
     def __repr__(self) -> str:
         return f"RuleOptimizer({self.rule.text!r}, lr={self.defaults['lr']})"

@@ -10,6 +10,8 @@ These match TensorFlow's released ``tf.contrib.opt.PowerSignOptimizer`` /
 with ``sd = sign_decay(t)``, ``t`` the 0-based count of steps taken before this one, and
 ``sd = 1`` when ``sign_decay`` is None.  ``m`` is not bias-corrected (its sign is the
 same either way).  State per parameter: ``step`` (int) and ``m`` -- half of Adam's.
+Both take torch's ``maximize``/``foreach`` flags and a Tensor ``lr``, and optimize complex
+parameters as ``torch.view_as_real`` (see :mod:`searchlab.optim._common`).
 
 Both run as a handful of foreach passes over all parameters, with one scratch buffer
 kept between steps: ``m.lerp_(g)``; ``s = g*m``; ``sign_`` (``sign(g)*sign(m) =
@@ -28,11 +30,9 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
-from ._common import advance, check_lr, grouped
+from ._common import Bucket, BucketedOptimizer
 from .compiler import TERNARY_EXP_MAX, exp_of_ternary_
-from .workspace import Workspace
 
 __all__ = [
     "AddSign", "CosineDecay", "LinearDecay", "PowerSign", "RestartDecay", "cosine_decay",
@@ -114,20 +114,42 @@ def restart_decay(decay_steps: int, num_periods: float = 1,
 
 
 # --- the optimizers ---------------------------------------------------------------------
-class _SignOptimizer(Optimizer):
+class _SignOptimizer(BucketedOptimizer):
+    """The step shared by PowerSign and AddSign; torch's flags and conventions (Tensor
+    lr, ``maximize``, ``foreach``, complex parameters as ``torch.view_as_real``) come
+    from :class:`~searchlab.optim._common.BucketedOptimizer`."""
+
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], defaults: dict,
-                 sign_decay: SignDecay | None) -> None:
-        check_lr(defaults["lr"])
+                 sign_decay: SignDecay | None, *, foreach: bool | None, maximize: bool,
+                 differentiable: bool, capturable: bool) -> None:
         if not 0.0 <= defaults["beta"] < 1.0:
             raise ValueError(f"beta must be in [0, 1), got {defaults['beta']}")
         if sign_decay is not None and not callable(sign_decay):
             raise TypeError("sign_decay must be a callable step -> float (e.g. linear_decay(T))")
         self.sign_decay = sign_decay
-        self.workspace = Workspace()  # one scratch buffer reused across steps (not state)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, foreach=foreach, maximize=maximize,
+                         differentiable=differentiable, capturable=capturable)
 
-    @staticmethod
-    def _init_state(p: Tensor) -> dict[str, Any]:
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's Optimizer pickles defaults, state and param_groups only; the sign decay
+        # is part of the algorithm, so copies, pickles and torch.save(opt) keep it
+        st = super().__getstate__()
+        st["sign_decay"] = self.sign_decay
+        return st
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        # unpickling brings the decay; load_state_dict brings none (keep ours); a pickle
+        # from before the decay was kept has none either (None: no decay)
+        decay = (state.pop("sign_decay") if "sign_decay" in state
+                 else self.__dict__.get("sign_decay"))
+        super().__setstate__(state)
+        self.sign_decay = decay
+
+    def _state_keys(self) -> tuple[str, ...]:
+        return ("m",)
+
+    def _init_state(self, p: Tensor) -> dict[str, Any]:
         return {"step": 0, "m": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
     def _decay(self, step: int) -> float:
@@ -138,26 +160,19 @@ class _SignOptimizer(Optimizer):
         scalar factor."""
         raise NotImplementedError
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for t, ps, gs, sts in grouped(group["params"], self.state, self._init_state):
-                ms = [st["m"] for st in sts]
-                torch._foreach_lerp_(ms, gs, 1.0 - group["beta"])  # m = beta*m + (1-beta)*g
-                ws = self.workspace.session(gs)
-                s = ws.take()
-                torch._foreach_copy_(s, gs)
-                torch._foreach_mul_(s, ms)
-                torch._foreach_sign_(s)  # sign(g)*sign(m) = sign(g*m)
-                factor = self._multiplier_(s, group, self._decay(t))
-                torch._foreach_addcmul_(ps, s, gs, value=-group["lr"] * factor)
-                ws.give(s)
-                advance(sts)
-        return loss
+    def _update(self, bucket: Bucket, group: dict[str, Any], lr: float) -> None:
+        sd = self._decay(bucket.step)
+        for b in (bucket.split() if group["foreach"] is False else [bucket]):
+            ps, gs, ms = b.params, b.grads, b.buffers["m"]
+            torch._foreach_lerp_(ms, gs, 1.0 - group["beta"])  # m = beta*m + (1-beta)*g
+            ws = self.workspace.session(gs)
+            s = ws.take()
+            torch._foreach_copy_(s, gs)
+            torch._foreach_mul_(s, ms)
+            torch._foreach_sign_(s)  # sign(g)*sign(m) = sign(g*m)
+            factor = self._multiplier_(s, group, sd)
+            torch._foreach_addcmul_(ps, s, gs, value=-lr * factor)
+            ws.give(s)
 
 
 class PowerSign(_SignOptimizer):
@@ -167,12 +182,16 @@ class PowerSign(_SignOptimizer):
     ``sign_decay=cosine_decay(T)`` it is PowerSign-cd.
     """
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 0.1,
-                 base: float = math.e, beta: float = 0.9,
-                 sign_decay: SignDecay | None = None) -> None:
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]],
+                 lr: float | Tensor = 0.1, base: float = math.e, beta: float = 0.9,
+                 sign_decay: SignDecay | None = None, *, maximize: bool = False,
+                 foreach: bool | None = None, differentiable: bool = False,
+                 capturable: bool = False) -> None:
         if not base > 0:
             raise ValueError(f"base must be > 0, got {base}")
-        super().__init__(params, dict(lr=lr, base=base, beta=beta), sign_decay)
+        super().__init__(params, dict(lr=lr, base=base, beta=beta), sign_decay,
+                         foreach=foreach, maximize=maximize, differentiable=differentiable,
+                         capturable=capturable)
 
     def _multiplier_(self, s: list[Tensor], group: dict[str, Any], sd: float) -> float:
         # base**(sd*s) = exp(k*s), k = sd*ln(base); the same ops as the rule compiler's exp
@@ -194,10 +213,14 @@ class AddSign(_SignOptimizer):
     ``sign_decay=linear_decay(T)`` it is AddSign-ld.
     """
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 0.1,
-                 alpha: float = 1.0, beta: float = 0.9,
-                 sign_decay: SignDecay | None = None) -> None:
-        super().__init__(params, dict(lr=lr, alpha=alpha, beta=beta), sign_decay)
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]],
+                 lr: float | Tensor = 0.1, alpha: float = 1.0, beta: float = 0.9,
+                 sign_decay: SignDecay | None = None, *, maximize: bool = False,
+                 foreach: bool | None = None, differentiable: bool = False,
+                 capturable: bool = False) -> None:
+        super().__init__(params, dict(lr=lr, alpha=alpha, beta=beta), sign_decay,
+                         foreach=foreach, maximize=maximize, differentiable=differentiable,
+                         capturable=capturable)
 
     def _multiplier_(self, s: list[Tensor], group: dict[str, Any], sd: float) -> float:
         if sd != 1.0:

@@ -92,8 +92,12 @@ class Workspace:
         self._buffers: dict[tuple, list[_Buffer]] = {}
         self._by_id: dict[int, _Buffer] = {}
 
-    def session(self, like: Sequence[Tensor]) -> Session:
-        key = tuple((t.shape, t.dtype, t.device) for t in like)
+    def session(self, like: Sequence[Tensor], tag: str = "") -> Session:
+        """The buffers for tensors shaped like ``like``.  A ``tag`` gives a use of its own
+        buffers, so that values held across another session's work (the negated
+        gradients of ``maximize``, noise drawn ahead of a per-tensor loop) are never
+        handed out to it as free."""
+        key = (tag,) + tuple((t.shape, t.dtype, t.device) for t in like)
         return Session(like, self._buffers.setdefault(key, []), self._by_id)
 
     def nbytes(self) -> int:
