@@ -225,7 +225,8 @@ def run_one_search(cfg: Config, *, label: str | None = None, out: str | os.PathL
         bar = SearchProgress(cfg.budget, desc=run_name, quiet=cfg.quiet if quiet is None else quiet)
         progress = bar
     params = flatten(cfg.model_dump(mode="json", exclude={"strategies", "seeds", "report",
-                                                          "threshold", "resume", "quiet"}))
+                                                          "threshold", "resume", "quiet",
+                                                          "reps"}))
     tags = {"searchlab.label": label, "task": cfg.task.name, "fidelity": evaluator.protocol,
             "space": cfg.space.name}
     restart = bar.restart if bar is not None else on_start
@@ -373,7 +374,8 @@ def run_comparison(cfg: Config, *, out: str | os.PathLike[str] | None = None,
     rank = {lab: i for i, (lab, _) in enumerate(choices)}
     runs.sort(key=lambda r: (rank.get(r.label, len(rank)), r.seed))
     files = write_report(runs, folder, cfg.threshold,
-                         title=f"{cfg.task.name} / {cfg.fidelity_name} / {cfg.space.name}")
+                         title=f"{cfg.task.name} / {cfg.fidelity_name} / {cfg.space.name}",
+                         reps=cfg.reps)
     return folder, files, runs
 
 

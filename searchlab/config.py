@@ -144,6 +144,7 @@ class Config(_Frozen):
     seeds: tuple[int, ...] = Field((), description="compare: seeds, or a count n for 0..n-1 (empty: just `seed`)")
     threshold: float | None = Field(None, description="compare: reward threshold for 'evaluations to reach' (null: median final best reward)")
     report: str | None = Field(None, description="compare: re-report finished runs from this folder or MLflow experiment, without running")
+    reps: int = Field(1000, ge=10, description="compare: bootstrap resamples of the report's statistics (rliable)")
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -176,7 +177,7 @@ class Config(_Frozen):
 #: Config fields that are groups: a plain name selects ``configs/<group>/<name>.yaml``.
 GROUPS: tuple[str, ...] = ("strategy", "task", "fidelity", "space", "executor", "tracking")
 #: Keys only ``searchlab compare`` uses (``searchlab search`` rejects them on its command line).
-COMPARE_KEYS: tuple[str, ...] = ("strategies", "seeds", "threshold", "report")
+COMPARE_KEYS: tuple[str, ...] = ("strategies", "seeds", "threshold", "report", "reps")
 
 
 # --- overrides ---------------------------------------------------------------------

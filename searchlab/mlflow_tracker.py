@@ -321,6 +321,7 @@ class MlflowTracker(Tracker):
         self._results: list[Result] = []
         self._indices: list[int] = []
         self._best = -math.inf
+        self._cpu = 0.0                # cumulative CPU-seconds of the samples logged
         self._warned = False
         #: seconds spent inside start/log/finish in the calling thread
         self.seconds_main = 0.0
@@ -400,7 +401,7 @@ class MlflowTracker(Tracker):
         for i in range(0, len(ps), _MAX_PARAMS):
             client.log_batch(self.run_id, params=ps[i:i + _MAX_PARAMS])
         self._writer = _Writer(self.background)
-        self._results, self._indices, self._best = [], [], -math.inf
+        self._results, self._indices, self._best, self._cpu = [], [], -math.inf, 0.0
         self.seconds_main += time.perf_counter() - t0
 
     def log(self, results: Sequence["Result"], first_index: int) -> None:
@@ -420,11 +421,18 @@ class MlflowTracker(Tracker):
             reward = float(r.reward) if _finite(r.reward) else float("nan")
             if reward == reward:
                 self._best = max(self._best, reward)
+            cpu = r.extra.get("cpu_seconds") if isinstance(r.extra, dict) else None
+            self._cpu += float(cpu) if _finite(cpu) else 0.0
             if i in self._present_steps:   # resumed: the store has it already
                 continue
             metrics.append(Metric("search/reward", reward, now, i))
             if self._best > -math.inf:
                 metrics.append(Metric("search/best_reward", self._best, now, i))
+            # the three clocks (the step is the unique-evaluation index)
+            asked = r.extra.get("asked") if isinstance(r.extra, dict) else None
+            if _finite(asked):
+                metrics.append(Metric("search/asked", float(asked), now, i))
+            metrics.append(Metric("search/cpu_seconds", self._cpu, now, i))
         client, run_id, exp_id = self.client, self.run_id, self.experiment_id
         payload = ([(first_index + j, r) for j, r in enumerate(results)
                     if first_index + j not in self._present_children]
@@ -505,7 +513,7 @@ class MlflowTracker(Tracker):
         self._present_children = children
         self._present_steps = {m.step for m in client.get_metric_history(run_id, "search/reward")}
         self._writer = _Writer(self.background)
-        self._results, self._indices, self._best = [], [], -math.inf
+        self._results, self._indices, self._best, self._cpu = [], [], -math.inf, 0.0
         self.seconds_main += time.perf_counter() - t0
         if results:
             self.log(results, 0)
@@ -644,6 +652,10 @@ def _child_fields(i: int, r: "Result", parent_id: str, now: int
     for key, v in (("best_lr", r.best_lr), ("val_loss", r.val_loss), ("val_acc", r.val_acc)):
         if v is not None and _finite(v):
             metrics.append((key, float(v)))
+    extra = r.extra if isinstance(r.extra, dict) else {}
+    for key in ("asked", "cpu_seconds", "train_examples"):
+        if _finite(extra.get(key)):
+            metrics.append((key, float(extra[key])))
     end = now + int(1000 * max(0.0, float(r.seconds) if _finite(r.seconds) else 0.0))
     return name, tags, params, metrics, end
 

@@ -39,8 +39,9 @@ __all__ = [
 
 #: columns of ``results.csv`` (one row per sample)
 RESULT_COLUMNS: tuple[str, ...] = (
-    "sample", "rule", "key", "reward", "status", "best_lr", "seconds", "cached", "tokens",
-    "seed", "task", "fidelity", "val_loss", "val_acc", "message")
+    "sample", "asked", "rule", "key", "reward", "status", "best_lr", "seconds", "cpu_seconds",
+    "train_examples", "cached", "tokens", "seed", "task", "fidelity", "val_loss", "val_acc",
+    "message")
 #: a comparison folder's manifest
 MANIFEST = "comparison.json"
 
@@ -82,8 +83,12 @@ def dump_json(path: str | os.PathLike[str], data: Any) -> None:
 
 
 def _result_row(i: int, r: Result) -> dict[str, Any]:
-    return {"sample": sample_index(r, i), "rule": r.rule, "key": r.key, "reward": r.reward,
-            "status": r.status, "best_lr": r.best_lr, "seconds": round(float(r.seconds), 6),
+    extra = r.extra if isinstance(r.extra, dict) else {}
+    return {"sample": sample_index(r, i), "asked": extra.get("asked", ""), "rule": r.rule,
+            "key": r.key, "reward": r.reward, "status": r.status, "best_lr": r.best_lr,
+            "seconds": round(float(r.seconds), 6),
+            "cpu_seconds": extra.get("cpu_seconds", ""),
+            "train_examples": extra.get("train_examples", ""),
             "cached": bool(r.cached), "tokens": " ".join(r.tokens), "seed": r.seed,
             "task": r.task, "fidelity": r.fidelity, "val_loss": r.val_loss,
             "val_acc": r.val_acc, "message": (r.message or "").strip().splitlines()[0][:200]

@@ -127,6 +127,12 @@ class SearchResult:
         return self.best[0].reward if self.best else FLOOR_REWARD
 
     @property
+    def cpu_seconds(self) -> float:
+        """Compute spent on child training, summed over the samples (``extra["cpu_seconds"]``;
+        a persistent-cache hit counts its original training)."""
+        return float(sum(float(r.extra.get("cpu_seconds", 0.0) or 0.0) for r in self.results))
+
+    @property
     def keys(self) -> list[str]:
         """Canonical keys in evaluation order."""
         return [r.key for r in self.results]
@@ -150,6 +156,7 @@ class SearchResult:
         return {"strategy": self.strategy, "seed": self.seed, "eval_seed": self.eval_seed,
                 "budget": self.budget, "asked": self.asked, "unique": self.unique,
                 "repeats": self.repeats, "stopped": self.stopped, "seconds": self.seconds,
+                "cpu_seconds": self.cpu_seconds,
                 "best_reward": self.best_reward,
                 "best_rule": self.best[0].rule if self.best else None,
                 "best_key": self.best[0].key if self.best else None}
@@ -224,6 +231,7 @@ class _Search:
     def evaluate(self, rules: Sequence[Rule]) -> list[Result]:
         """Evaluate ``rules`` (dedup, budget, executor, tracker); results in order."""
         rules = list(rules)
+        asked_before = self.asked
         self.asked += len(rules)
         out: list[Result | None] = [None] * len(rules)
         fresh: list[tuple[int, Rule]] = []       # (position, rule) to run through the executor
@@ -267,8 +275,11 @@ class _Search:
             res = evaluated[i]
             rule = rules[i]
             tokens = res.tokens or _tokens(rule)
+            # the three clocks of a sample: rules asked so far (this one included), unique
+            # evaluations (the sample index + 1) and compute (extra["cpu_seconds"])
             res = res.with_(key=rule.key, tokens=tokens,
-                            extra={**res.extra, "sample": first + len(logged)})
+                            extra={**res.extra, "sample": first + len(logged),
+                                   "asked": asked_before + i + 1})
             self.seen[rule.key] = res
             logged.append(res)
             out[i] = res

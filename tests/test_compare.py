@@ -116,22 +116,27 @@ def test_report_files_one_row_per_strategy_and_rereport_is_identical(tmp_path):
     for r in runs:
         write_search_files(tmp_path / "runs" / f"{r.label}-s{r.seed}", r.results,
                            {**r.summary, "label": r.label, "seed": r.seed})
-    files = write_report(load_runs(tmp_path), tmp_path, title="t")
-    for name in ("best_so_far.png", "rewards.png"):
+    files = write_report(load_runs(tmp_path), tmp_path, title="t", reps=100)
+    for name in ("best_so_far.png", "rewards.png", "iqm_best_so_far.png",
+                 "probability_of_improvement.png", "performance_profile.png",
+                 "fixed_target_ecdf.png"):
         data = files[name].read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     with open(files["summary.csv"]) as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["strategy"] for r in rows) == ["evolution", "gp", "random"]
     md = files["summary.md"].read_text()
-    table = [ln for ln in md.splitlines() if ln.startswith("| ") and "strategy" not in ln
+    head, _, stats = md.partition("## Statistics")
+    table = [ln for ln in head.splitlines() if ln.startswith("| ") and "strategy" not in ln
              and "---" not in ln]
     assert len(table) == 2 * 3           # the summary table and the best-rule table
+    # 2 seeds: the report says plainly that the intervals mean little
+    assert "fewer than 5" in stats.lower() or "2 seeds" in stats
     with open(files["runs.csv"]) as f:
         assert len(list(csv.DictReader(f))) == 6
     before = files["summary.csv"].read_text()
     files["summary.csv"].unlink()
-    write_report(load_runs(tmp_path), tmp_path, title="t")
+    write_report(load_runs(tmp_path), tmp_path, title="t", reps=100)
     assert (tmp_path / "summary.csv").read_text() == before
 
 

@@ -83,7 +83,7 @@ class DiesAfter:
 
     def __init__(self, inner, n):
         self.inner, self.n, self.calls = inner, n, 0
-        self.task, self.fidelity = inner.task, inner.fidelity
+        self.task_name, self.protocol = inner.task_name, inner.protocol
 
     def evaluate(self, rule, seed=0):
         self.calls += 1

@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
             runs, folder, experiment = report_source(cfg)
             files = write_report(runs, folder, cfg.threshold,
                                  title=f"{runs[0].summary.get('task', cfg.task.name)} / "
-                                       f"{runs[0].summary.get('fidelity', cfg.fidelity_name)}")
+                                       f"{runs[0].summary.get('fidelity', cfg.fidelity_name)}",
+                                 reps=cfg.reps)
         else:
             if cfg.tracking.name == "mlflow":  # fail before any search on an unreachable store
                 check_tracking_uri(resolve_tracking_uri(cfg.tracking.uri, cfg.run_dir))

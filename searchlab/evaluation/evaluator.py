@@ -203,6 +203,7 @@ class Evaluator:
         from ..optim import compile_rule
 
         self.trainings += 1
+        cpu0 = time.process_time()
         deadline = time.perf_counter() + self.time_limit if self.time_limit is not None else None
         prev_threads = torch.get_num_threads()
         if self.threads is not None:
@@ -229,10 +230,25 @@ class Evaluator:
         reward = out.reward if out.status == "ok" and out.reward is not None else FLOOR_REWARD
         if not math.isfinite(reward):
             reward = FLOOR_REWARD
+        # the compute clock (docs/ARCHITECTURE.md, "Three clocks"): CPU-seconds of this
+        # process for the training (a cache hit keeps its original cost) and the examples
+        # the protocol schedules (nominal: copies that diverge stop earlier)
+        extra = {**out.extra, "cpu_seconds": time.process_time() - cpu0,
+                 "train_examples": self._nominal_examples()}
         return Result(reward=float(reward), status=out.status,  # type: ignore[arg-type]
                       best_lr=out.best_lr, seconds=time.perf_counter() - t0,
                       sweep=out.sweep, curve=out.curve, val_loss=out.val_loss,
-                      val_acc=out.val_acc, message=out.message, extra=out.extra, **base)
+                      val_acc=out.val_acc, message=out.message, extra=extra, **base)
+
+    def _nominal_examples(self) -> int:
+        """Training examples (problem tasks: steps) the protocol schedules for one rule."""
+        fid = self.fidelity
+        if isinstance(self.task, ClassificationTask):
+            n = self.task.load().sizes()["train"]
+            cap = lambda want: n if want is None else min(int(want), n)  # noqa: E731
+            return (len(fid.lrs) * cap(fid.sweep_examples) * fid.sweep_epochs
+                    + cap(fid.final_examples) * fid.final_epochs)
+        return len(fid.lrs) * fid.problem_steps
 
     @staticmethod
     def _relabel(hit: Result, r: Rule) -> Result:

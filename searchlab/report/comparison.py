@@ -28,8 +28,8 @@ import numpy as np
 
 from ..runfiles import RunRecord, best_results, dump_json, reward_value
 
-__all__ = ["best_so_far", "bootstrap_ci", "default_threshold", "evals_to_reach", "summarize",
-           "write_report"]
+__all__ = ["DEFAULT_REPS", "best_so_far", "bootstrap_ci", "compute_curve", "default_threshold",
+           "evals_to_reach", "summarize", "write_report", "write_statistics"]
 
 
 # --- statistics -------------------------------------------------------------------------
@@ -260,10 +260,153 @@ def _plots(runs: Sequence[RunRecord], folder: Path, thr: float, title: str) -> d
     return out
 
 
+#: bootstrap resamples of the report's statistics (rliable); 1,000 keeps a 6 x 10 report
+#: under a minute on 2 cores
+DEFAULT_REPS = 1000
+
+
+def compute_curve(r: RunRecord) -> tuple[np.ndarray, str]:
+    """Cumulative compute per unique evaluation of ``r`` and its unit: CPU-seconds of child
+    training (``Result.extra["cpu_seconds"]``; a reward-cache hit counts what its original
+    training cost, so strategies are charged alike whatever an earlier search cached), or
+    wall seconds for results recorded before CPU time was."""
+    res = r.unique_results()
+    cpu = [x.extra.get("cpu_seconds") if isinstance(x.extra, dict) else None for x in res]
+    if res and all(isinstance(c, (int, float)) for c in cpu):
+        return np.cumsum(np.array(cpu, dtype=float)), "CPU-seconds of child training"
+    return np.cumsum(np.array([float(x.seconds or 0.0) for x in res])), "wall seconds"
+
+
+def _budgets(budget: int) -> list[int]:
+    return sorted({b for b in (max(1, budget // 10), max(1, budget // 4), max(1, budget // 2),
+                               budget) if b >= 1})
+
+
+def _fmt_ci(point: float, lo: float, hi: float) -> str:
+    if not math.isfinite(point):
+        return "-"
+    return f"{point:.4f} [{lo:.4f}, {hi:.4f}]"
+
+
+def write_statistics(runs: Sequence[RunRecord], folder: str | os.PathLike[str],
+                     targets: Mapping[str, float], *, title: str = "searchlab comparison",
+                     reps: int = DEFAULT_REPS, seed: int = 0) -> tuple[dict[str, Path], str]:
+    """The rliable / COCO statistics of a comparison (:mod:`searchlab.report.statistics`):
+
+    * ``iqm.csv`` and ``iqm_best_so_far.png``: interquartile mean over seeds of the best
+      reward so far at several budgets (unique evaluations), 95 % stratified-bootstrap CI;
+    * ``iqm_vs_compute.png``: the same against cumulative compute;
+    * ``probability_of_improvement.csv/.png``: P(row > column) of the final best reward;
+    * ``performance_profile.png``: fraction of runs above each reward level;
+    * ``fixed_target.csv`` and ``fixed_target_ecdf.png``: for each target reward, the
+      unique evaluations each run needed, success rate and average running time.
+
+    Returns the files and a Markdown section (with the few-seeds warning when it applies).
+    """
+    from . import figures
+    from . import statistics as st
+
+    d = Path(folder)
+    groups = _groups(runs)
+    budget = max(r.unique for r in runs)
+    curves = {lab: st.pad_curves([best_so_far(r.rewards) for r in g], budget)
+              for lab, g in groups.items()}
+    curves = {lab: np.where(np.isinf(c), np.nan, c) for lab, c in curves.items()}
+    complete = {lab: c for lab, c in curves.items() if np.isfinite(c[:, -1]).all()}
+    comp, unit = {}, "wall seconds"
+    for lab, g in groups.items():
+        if lab in complete:
+            cc = [compute_curve(r) for r in g]
+            unit = cc[0][1]
+            comp[lab] = st.pad_curves([c for c, _ in cc], budget)
+    n_seeds = min(len(g) for g in groups.values())
+    files: dict[str, Path] = {}
+    lines = ["", "## Statistics (rliable, COCO)", ""]
+    warn = st.few_seeds_warning(n_seeds)
+    if warn:
+        lines += [f"**{warn}**", ""]
+    if not complete:
+        lines.append("No strategy has a finite best reward in every run: no statistics.")
+        return files, "\n".join(lines) + "\n"
+    bs = _budgets(budget)
+    iqm = st.iqm_at_budgets(complete, bs, reps, seed)
+    files["iqm.csv"] = d / "iqm.csv"
+    _write_csv(files["iqm.csv"], iqm.rows(), ("strategy", "unique evaluations", "iqm", "lower",
+                                              "upper", "seeds"))
+    lines += [f"Interquartile mean over seeds of the best reward so far, 95 % stratified-"
+              f"bootstrap CI ({reps} resamples):", "",
+              "| strategy | " + " | ".join(f"{b} evals" for b in bs) + " |",
+              "|---|" + "---|" * len(bs)]
+    for lab in complete:
+        cells = [_fmt_ci(*(lambda e: (e.point, e.lower, e.upper))(iqm.at(lab, i)))
+                 for i in range(len(bs))]
+        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    curve = st.iqm_curve(complete, reps, seed)
+    files["iqm_best_so_far.png"] = figures.plot_iqm_curves(
+        curve, d / "iqm_best_so_far.png", title=f"{title}: IQM of best-so-far",
+        targets=targets)
+    if comp:
+        grid = st.common_compute_grid(comp)
+        vs = st.iqm_curve_vs_compute(st.curves_vs_compute(
+            {k: complete[k] for k in comp}, comp, grid), reps, seed)
+        files["iqm_vs_compute.png"] = figures.plot_iqm_curves(
+            vs, d / "iqm_vs_compute.png", title=f"{title}: IQM vs compute ({unit})",
+            targets=targets)
+    finals = st.final_scores(complete)
+    if len(finals) >= 2:
+        poi = st.probability_of_improvement(finals, reps, seed)
+        files["probability_of_improvement.csv"] = d / "probability_of_improvement.csv"
+        _write_csv(files["probability_of_improvement.csv"],
+                   [{"x": a, "y": b, "p": poi.get(a, b).point, "lower": poi.get(a, b).lower,
+                     "upper": poi.get(a, b).upper} for a in poi.names for b in poi.names if a != b],
+                   ("x", "y", "p", "lower", "upper"))
+        files["probability_of_improvement.png"] = figures.plot_probability_of_improvement(
+            poi, d / "probability_of_improvement.png", title=f"{title}: P(row > column)")
+        lines += ["", "Probability of improvement P(row > column) of the final best reward "
+                  "(95 % CI); a CI above 0.5 means the row beats the column:", "",
+                  "| | " + " | ".join(poi.names) + " |", "|---|" + "---|" * len(poi.names)]
+        for a in poi.names:
+            cells = ["-" if a == b else _fmt_ci(*(lambda e: (e.point, e.lower, e.upper))(
+                poi.get(a, b))) for b in poi.names]
+            lines.append(f"| {a} | " + " | ".join(cells) + " |")
+        ref = "random" if "random" in poi.names else None
+        if ref is not None:
+            beat = st.strategies_beating(poi, ref)
+            lines += ["", f"Beat random (CI of P(X > random) above 0.5): "
+                      f"{', '.join(beat) if beat else 'none'}."]
+    allf = np.concatenate(list(finals.values()))
+    taus = np.linspace(float(allf.min()), float(allf.max()), 41) if allf.size else np.zeros(1)
+    prof = st.performance_profile(finals, taus, reps, seed)
+    files["performance_profile.png"] = figures.plot_performance_profile(
+        prof, d / "performance_profile.png", title=f"{title}: performance profile")
+    if targets:
+        ft = st.fixed_target(complete, targets)
+        files["fixed_target.csv"] = d / "fixed_target.csv"
+        _write_csv(files["fixed_target.csv"], ft.rows(),
+                   ("strategy", "target", "level", "successes", "runs", "success_rate", "aRT",
+                    "median_evaluations"))
+        files["fixed_target_ecdf.png"] = figures.plot_fixed_target_ecdf(
+            ft, d / "fixed_target_ecdf.png", title=f"{title}: evaluations to reach the targets")
+        lines += ["", "Fixed targets: unique evaluations to reach each target reward "
+                  "(success rate; aRT = evaluations spent / successes):", "",
+                  "| strategy | " + " | ".join(f"{t} ({v:.4f})" for t, v in ft.targets.items())
+                  + " |", "|---|" + "---|" * len(ft.targets)]
+        for lab, per in ft.results.items():
+            cells = [f"{r.successes}/{r.runs}, aRT {'never' if math.isinf(r.art) else f'{r.art:.0f}'}"
+                     for r in per.values()]
+            lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    return files, "\n".join(lines) + "\n"
+
+
 def write_report(runs: Sequence[RunRecord], folder: str | os.PathLike[str],
-                 threshold: float | None = None, title: str = "searchlab comparison"
-                 ) -> dict[str, Path]:
-    """Write the comparison report of ``runs`` into ``folder``; returns name -> path."""
+                 threshold: float | None = None, title: str = "searchlab comparison",
+                 targets: Mapping[str, float] | None = None, reps: int = DEFAULT_REPS,
+                 extra_markdown: str = "") -> dict[str, Path]:
+    """Write the comparison report of ``runs`` into ``folder``; returns name -> path.
+
+    ``targets`` (name -> reward) are the fixed targets of the COCO view (e.g. re-scored
+    reference optimizers); by default the threshold.  ``extra_markdown`` (e.g. the
+    re-scored incumbents and reference rows) is appended to ``summary.md``."""
     if not runs:
         raise ValueError("no finished runs to report")
     d = Path(folder)
@@ -273,10 +416,13 @@ def write_report(runs: Sequence[RunRecord], folder: str | os.PathLike[str],
              "runs.csv": d / "runs.csv", "report.json": d / "report.json"}
     _write_csv(paths["summary.csv"], rows, _SUMMARY_COLUMNS)
     _write_csv(paths["runs.csv"], per_run, _RUN_COLUMNS)
-    paths["summary.md"].write_text(_markdown(rows, thr, title))
-    dump_json(paths["report.json"], {"title": title, "threshold": thr, "strategies": rows,
-                                 "runs": per_run})
+    tg = dict(targets) if targets else {"threshold": thr}
+    stat_files, stat_md = write_statistics(runs, d, tg, title=title, reps=reps)
+    paths["summary.md"].write_text(_markdown(rows, thr, title) + stat_md + extra_markdown)
+    dump_json(paths["report.json"], {"title": title, "threshold": thr, "targets": tg,
+                                     "strategies": rows, "runs": per_run})
     paths.update(_plots(runs, d, thr, title))
+    paths.update(stat_files)
     return paths
 
 
