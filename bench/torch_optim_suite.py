@@ -33,12 +33,20 @@ import sys
 import types
 import unittest
 from collections import Counter, defaultdict
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import ExponentialLR, ReduceLROnPlateau, StepLR
 
-from searchlab.optim import AddSign, LinearCosineLR, PowerSign, RuleOptimizer, cosine_decay, linear_decay
+from searchlab.optim import (
+    AddSign,
+    LinearCosineLR,
+    PowerSign,
+    RuleOptimizer,
+    cosine_decay,
+    linear_decay,
+)
 
 #: the deterministic rule (PowerSign's, paper section 5) and a stochastic one (it reads
 #: the weights too): the two kinds of compiled rule
@@ -61,20 +69,20 @@ class RuleOptimizerStochastic(RuleOptimizer):
 #: (test method of TestOptimRenewed, optimizer names or None for all, reason)
 INAPPLICABLE: list[tuple[str, tuple[str, ...] | None, str]] = [
     ("test_foreach_matches_forloop", None,
-     "its TensorTracker calls .detach() on every per-parameter state value, and "
-     "searchlab's state keeps 'step' as a Python int (its state_dict format); the "
-     "property it checks (foreach=False equals foreach=True, params and state, with "
-     "frozen layers and missing grads) is tested in tests/test_optim_torch_compat.py"),
+     ("its TensorTracker calls .detach() on every per-parameter state value, and "
+      "searchlab's state keeps 'step' as a Python int (its state_dict format); the "
+      "property it checks (foreach=False equals foreach=True, params and state, with "
+      "frozen layers and missing grads) is tested in tests/test_optim_torch_compat.py")),
     ("test_param_group_with_lrscheduler_goes_right_direction", ("PowerSign",),
-     "it runs a param group at the class's default lr, and PowerSign's is TensorFlow's "
-     "0.1 (kept for parity with tf.contrib.opt.PowerSignOptimizer), which diverges on "
-     "this quadratic (see SIGN_INPUTS); not a property of the implementation"),
+     ("it runs a param group at the class's default lr, and PowerSign's is TensorFlow's "
+      "0.1 (kept for parity with tf.contrib.opt.PowerSignOptimizer), which diverges on "
+      "this quadratic (see SIGN_INPUTS); not a property of the implementation")),
     ("test_complex_2d", ("RuleOptimizerStochastic",),
-     "a stochastic rule draws its random numbers in memory order, and this test wants a "
-     "complex tensor to equal its real and imaginary parts as two separate tensors "
-     "(planar order) while test_complex wants it to equal torch.view_as_real (interleaved "
-     "order); only a deterministic rule can satisfy both, and searchlab follows "
-     "test_complex (torch's convention)"),
+     ("a stochastic rule draws its random numbers in memory order, and this test wants a "
+      "complex tensor to equal its real and imaginary parts as two separate tensors "
+      "(planar order) while test_complex wants it to equal torch.view_as_real (interleaved "
+      "order); only a deterministic rule can satisfy both, and searchlab follows "
+      "test_complex (torch's convention)")),
 ]
 
 
@@ -228,19 +236,19 @@ class _Recorder(unittest.TextTestResult):
     def _put(self, test: unittest.TestCase, outcome: str, note: str = "") -> None:
         self.outcomes[test._testMethodName] = (outcome, note)
 
-    def addSuccess(self, test: unittest.TestCase) -> None:  # noqa: N802 (unittest's names)
+    def addSuccess(self, test: unittest.TestCase) -> None:
         super().addSuccess(test)
         self._put(test, "passed")
 
-    def addFailure(self, test: unittest.TestCase, err: Any) -> None:  # noqa: N802
+    def addFailure(self, test: unittest.TestCase, err: Any) -> None:
         super().addFailure(test, err)
         self._put(test, "failed", f"{err[0].__name__}: {str(err[1]).strip().splitlines()[-1:]}")
 
-    def addError(self, test: unittest.TestCase, err: Any) -> None:  # noqa: N802
+    def addError(self, test: unittest.TestCase, err: Any) -> None:
         super().addError(test, err)
         self._put(test, "failed", f"{err[0].__name__}: {str(err[1]).strip().splitlines()[-1:]}")
 
-    def addSkip(self, test: unittest.TestCase, reason: str) -> None:  # noqa: N802
+    def addSkip(self, test: unittest.TestCase, reason: str) -> None:
         super().addSkip(test, reason)
         self._put(test, "skipped", reason)
 

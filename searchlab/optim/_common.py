@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import numbers
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -88,10 +89,10 @@ class Bucket:
     buffers: dict[str, list[Tensor]]  # state buffers by name, one per parameter
     states: list[dict[str, Any]]  # the per-parameter state dicts (their step advances)
 
-    def with_grads(self, grads: list[Tensor]) -> "Bucket":
+    def with_grads(self, grads: list[Tensor]) -> Bucket:
         return replace(self, grads=grads)
 
-    def split(self) -> list["Bucket"]:
+    def split(self) -> list[Bucket]:
         """One bucket per parameter (the for-loop implementation)."""
         return [Bucket(self.step, [p], [g], {k: [v[i]] for k, v in self.buffers.items()}, [s])
                 for i, (p, g, s) in enumerate(zip(self.params, self.grads, self.states))]
@@ -148,8 +149,8 @@ class BucketedOptimizer(Optimizer):
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]],
                  defaults: dict[str, Any], *, foreach: bool | None, maximize: bool,
                  differentiable: bool, capturable: bool) -> None:
-        flags = dict(foreach=foreach, maximize=maximize, differentiable=differentiable,
-                     capturable=capturable)
+        flags = {"foreach": foreach, "maximize": maximize, "differentiable": differentiable,
+                 "capturable": capturable}
         # checked before the params are looked at, as torch does (clear errors first)
         check_lr(defaults["lr"])
         check_flags(flags, type(self).__name__)
