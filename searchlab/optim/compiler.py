@@ -21,8 +21,9 @@ Semantics (the primitives table :mod:`searchlab.dsl.primitives` is the source of
   *is* Adam's update because the language's division is ``x/(y+1e-8)``.
 * ``g2 = g*g``, ``g3 = g*g*g``; ``sign_g = sign(g)``, ``sign_m = sign(m)``.
 * ``eps ~ N(0, 0.01)`` (variance 0.01, std 0.1), ``eps_t ~ N(0, 1/(1+t)^0.55)``, fresh
-  every step from the caller's ``torch.Generator``.  ``w`` is the parameter (before the
-  update).  Decay operands are ``primitives.decay_value(name, t, T)``.
+  every step from the caller's ``torch.Generator`` (or drawn ahead for a whole list by
+  :meth:`CompiledRule.draw_noise` and replayed one tensor at a time: the same numbers).
+  ``w`` is the parameter (before the update).  Decay operands are ``primitives.decay_value(name, t, T)``.
 * ``x/y = x/(y+1e-8)``; ``x^y = sign(x)*|x|^y`` with ``sign(0) = +1`` here, so
   ``0^negative = inf`` (the odd extension for negative x); ``exp(x) = exp(min(x, 80))``;
   ``log(x) = log(|x|+1e-8)``; ``sqrt(x) = sqrt|x|``; ``clip(x, b)`` clamps to ``[-b, b]``;
