@@ -12,7 +12,8 @@ Three executors share one contract (:class:`Executor`, see ``docs/ARCHITECTURE.m
 The contract, the fault values, the seeding helpers and the scheduling machinery that
 ``process`` and ``ray`` share live in :mod:`.base`; a new backend subclasses
 :class:`Executor` (or :class:`~.base.PooledExecutor` with a :class:`~.base.PooledStream`
-supplying four primitives) and registers itself with ``EXECUTORS.register(name)``.
+supplying four primitives) and is registered below with
+``EXECUTORS.register(name)(cls)`` (an outside backend does the same from its own module).
 
 Faults become values, never crashes of the search:
 
