@@ -22,6 +22,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+
+import numpy as np
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from .executors import Executor
     from .interfaces import Evaluator
     from .runfiles import RunRecord
+    from .rescore import Rescored
     from .runner import ProgressFn, SearchResult
     from .strategy import Strategy
 
@@ -213,6 +216,10 @@ def run_one_search(cfg: Config, *, label: str | None = None, out: str | os.PathL
         tracker = build_tracker(cfg, experiment, run_name)   # fails fast on a bad URI
     evaluator = build_evaluator(cfg)
     strategy = build_strategy(cfg, label)
+    if strategy.warmup and cfg.budget <= strategy.warmup:
+        say(f"warning: {label}: budget {cfg.budget} is at or below its warm-up of "
+            f"{strategy.warmup} samples (proposed before any feedback): it will behave "
+            "like random search; raise the budget or lower the warm-up")
     if resume_dir is None:
         Checkpointer(folder).clear()        # a new search replaces an old one's state
     folder.mkdir(parents=True, exist_ok=True)
@@ -237,6 +244,7 @@ def run_one_search(cfg: Config, *, label: str | None = None, out: str | os.PathL
                             tracker=_OnStart(tracker, restart), progress=progress,
                             top_k=cfg.top_k, params=params, tags=tags,
                             checkpoint_dir=folder, resume=resume_dir is not None)
+        rescored = rescore_best(cfg, evaluator, result, executor, folder)
     except BaseException:
         # interrupted (Ctrl-C) or crashed: flush what was logged, mark the run KILLED /
         # FAILED (resume=<folder> reopens it)
@@ -249,10 +257,37 @@ def run_one_search(cfg: Config, *, label: str | None = None, out: str | os.PathL
     summary = {**result.summary(), "label": label, "task": cfg.task.name,
                "fidelity": evaluator.protocol, "space": cfg.space.name,
                "experiment": experiment, "config": cfg.model_dump(mode="json")}
+    if rescored:
+        top = rescored[0]
+        summary.update({"rescored_rule": top.rule, "rescored_val_mean": top.val_mean,
+                        "rescored_val_std": top.val_std, "rescored_test_mean": top.test_mean,
+                        "rescored_test_std": top.test_std})
+        tracker.log_rescored([r.row() for r in rescored])
     write_search_files(folder, result.results, summary, top_k=cfg.top_k)
     if resume_dir is None:
         _write_config(folder, cfg)
     return result, folder, tracker
+
+
+def rescore_best(cfg: Config, evaluator: "Evaluator", result: "SearchResult",
+                 executor: "Executor", folder: Path) -> list["Rescored"]:
+    """Re-score the search's ``cfg.rescore.top_k`` best ``ok`` rules on
+    ``cfg.rescore.seeds`` fresh seeds (:mod:`searchlab.rescore`); writes ``rescored.json``
+    and ``rescored.md`` into ``folder``.  Nothing for ``top_k: 0``."""
+    from .rescore import fresh_seeds, rescore, rescored_markdown
+    from .runfiles import best_results, dump_json
+
+    k = cfg.rescore.top_k
+    best = [r for r in best_results(result.results, len(result.results)) if r.ok][:k]
+    if not best:
+        return []
+    names = {f"rank {i}": r.rule for i, r in enumerate(best, 1)}
+    rows = rescore(evaluator, names, fresh_seeds(cfg.eval_seed, cfg.rescore.seeds),
+                   executor=executor,
+                   search_rewards={f"rank {i}": r.reward for i, r in enumerate(best, 1)})
+    dump_json(folder / "rescored.json", [r.row() for r in rows])
+    (folder / "rescored.md").write_text(rescored_markdown(rows, "Best rules, re-scored"))
+    return rows
 
 
 class _OnStart(Tracker):
@@ -373,10 +408,90 @@ def run_comparison(cfg: Config, *, out: str | os.PathLike[str] | None = None,
         bar.close()
     rank = {lab: i for i, (lab, _) in enumerate(choices)}
     runs.sort(key=lambda r: (rank.get(r.label, len(rank)), r.seed))
+    targets, extra = reference_section(cfg, folder, runs, tell)
     files = write_report(runs, folder, cfg.threshold,
                          title=f"{cfg.task.name} / {cfg.fidelity_name} / {cfg.space.name}",
-                         reps=cfg.reps)
+                         reps=cfg.reps, targets=targets, extra_markdown=extra)
     return folder, files, runs
+
+
+def reference_section(cfg: Config, folder: Path, runs: Sequence["RunRecord"],
+                      tell: Callable[[str], None], *, compute: bool = True
+                      ) -> tuple[dict[str, float], str]:
+    """Reference rows of a comparison and what each strategy's incumbent gives.
+
+    The hand-designed optimizers of :data:`searchlab.rescore.REFERENCE_RULES`, tuned by the
+    same lr sweep and re-scored on the same fresh seeds as the searches' best rules
+    (``references.json``); the fixed targets of the report are the validation rewards of
+    SGD, momentum, Adam and the best reference.  Then, per strategy, the re-scored rank-1
+    rule of each seed (``runs/*/rescored.json``): mean validation and held-out test over
+    seeds, beside Adam's.  Returns (targets, Markdown)."""
+    import json
+    import math
+
+    from .rescore import REFERENCE_RULES, fresh_seeds, rescore, rescored_markdown
+    from .result import from_jsonable
+    from .runfiles import dump_json
+
+    from .rescore import Rescored
+
+    saved = folder / "references.json"
+    if not compute:        # re-reporting: the references scored when the comparison ran
+        if not saved.is_file():
+            return {}, ""
+        refs = [Rescored(name=d["name"], rule=d["rule"], search_reward=math.nan,
+                         seeds=tuple(d["seeds"]), val=tuple(from_jsonable(d["val"])),
+                         test=tuple(from_jsonable(d["test"])), statuses=tuple(d["statuses"]),
+                         best_lrs=tuple(d["best_lrs"]), cpu_seconds=float(d["cpu_seconds"]))
+                for d in json.loads(saved.read_text())]
+    elif cfg.rescore.top_k == 0:
+        return {}, ""
+    else:
+        tell(f"compare: re-scoring {len(REFERENCE_RULES)} reference optimizers on "
+             f"{cfg.rescore.seeds} fresh seeds")
+        executor = build_executor(cfg)
+        try:
+            refs = rescore(build_evaluator(cfg), REFERENCE_RULES,
+                           fresh_seeds(cfg.eval_seed, cfg.rescore.seeds), executor=executor)
+        finally:
+            executor.close()
+        dump_json(saved, [r.row() for r in refs])
+    targets = {r.name: r.val_mean for r in refs
+               if r.name in ("SGD", "momentum", "Adam") and np.isfinite(r.val_mean)}
+    finite = [r for r in refs if np.isfinite(r.val_mean)]
+    if finite:
+        best = max(finite, key=lambda r: r.val_mean)
+        targets[f"best reference ({best.name})"] = best.val_mean
+    md = ["", "## What a user gets: re-scored incumbents and reference optimizers", "",
+          rescored_markdown(refs, "Reference optimizers (lr tuned by the same sweep)")]
+    adam = next((r for r in refs if r.name == "Adam"), None)
+    lines = ["### Each strategy's best rule, re-scored", "",
+             "Rank-1 rule of each seed's search on the fresh seeds; mean over the seeds of "
+             "the strategy (each seed's value is itself a mean over the fresh seeds).", "",
+             "| strategy | seeds | val mean | test mean | test vs Adam | best test rule |",
+             "|---|---:|---:|---:|---:|---|"]
+    for label in dict.fromkeys(r.label for r in runs):
+        rows = []
+        for r in runs:
+            f = Path(r.source).parent / "rescored.json"
+            if r.label == label and f.is_file():
+                data = json.loads(f.read_text())
+                if data:
+                    rows.append(data[0])
+        vals = [float(x["val_mean"]) for x in rows if isinstance(x.get("val_mean"), (int, float))]
+        tests = [float(x["test_mean"]) for x in rows if isinstance(x.get("test_mean"), (int, float))]
+        if not rows:
+            continue
+        vm = float(np.nanmean(vals)) if vals else float("nan")
+        tm = float(np.nanmean(tests)) if tests else float("nan")
+        diff = (f"{tm - adam.test_mean:+.4f}" if adam is not None and np.isfinite(tm)
+                and np.isfinite(adam.test_mean) else "-")
+        top = max(rows, key=lambda x: float(x["test_mean"]) if isinstance(
+            x.get("test_mean"), (int, float)) else -1.0)
+        lines.append(f"| {label} | {len(rows)} | {vm:.4f} | {tm:.4f} | {diff} | "
+                     f"`{top['rule']}` |")
+    md.append("\n".join(lines) + "\n")
+    return targets, "\n".join(md)
 
 
 def report_source(cfg: Config) -> tuple[list["RunRecord"], Path, str]:

@@ -82,7 +82,7 @@ class TaskConfig(_Frozen):
 
 
 class FidelityConfig(_Frozen):
-    """How much training one evaluation gets (DESIGN 6)."""
+    """How much training one evaluation gets (:mod:`searchlab.evaluation.fidelity`)."""
 
     name: str = Field("fast", description="evaluation protocol: paper (published), fast or smoke (reductions)")
     options: dict[str, Any] = Field(default_factory=dict,
@@ -104,7 +104,7 @@ class SpaceConfig(_Frozen):
 
 
 class ExecutorConfig(_Frozen):
-    """Where evaluations run (DESIGN 8.10)."""
+    """Where evaluations run (ARCHITECTURE.md, rule 9)."""
 
     name: str = Field("serial", description="executor registered in searchlab.executors (serial, process, ray)")
     workers: int = Field(1, ge=1, description="parallel evaluations")
@@ -113,13 +113,20 @@ class ExecutorConfig(_Frozen):
 
 
 class TrackingConfig(_Frozen):
-    """Where samples are logged (DESIGN 7)."""
+    """Where samples are logged, from the main process only (ARCHITECTURE.md, rule 10)."""
 
     name: str = Field("mlflow", description="tracker: mlflow, none (or memory, for tests)")
     uri: str | None = Field(None, description="MLflow tracking URI (null: $MLFLOW_TRACKING_URI, else sqlite:///<run_dir>/mlflow.db)")
     experiment: str | None = Field(None, description="MLflow experiment name (null: one new experiment per search or comparison)")
     child_runs: bool = Field(True, description="log every sample as a nested MLflow run (false: only the parent's table/metrics)")
     background: bool = Field(True, description="write to MLflow from a background thread while evaluations run")
+
+
+class RescoreConfig(_Frozen):
+    """Re-scoring after a search: its best rules on fresh evaluation seeds, with test."""
+
+    top_k: int = Field(3, ge=0, description="best rules re-scored after each search (0: none)")
+    seeds: int = Field(5, ge=1, description="fresh evaluation seeds per re-scored rule (disjoint from the search's)")
 
 
 class Config(_Frozen):
@@ -135,6 +142,7 @@ class Config(_Frozen):
     eval_seed: int = Field(0, ge=0, description="seed of child training (the same for every strategy, for fair comparisons)")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="where evaluations run")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow logging")
+    rescore: RescoreConfig = Field(default_factory=RescoreConfig, description="re-scoring of the best rules on fresh seeds")
     run_dir: str = Field("runs", description="directory of the local MLflow store, caches and outputs")
     out: str | None = Field(None, description="output folder (null: <run_dir>/<experiment name>)")
     quiet: bool = Field(False, description="no progress bars (for CI); messages still go to stderr")
@@ -170,7 +178,7 @@ class Config(_Frozen):
         return f"{self.fidelity.name}+{extra}"
 
     def run_name(self, label: str | None = None) -> str:
-        """A search's name, encoding its main settings (DESIGN 8.4)."""
+        """A search's name, encoding its main settings (ARCHITECTURE.md, rule 4)."""
         return f"{label or self.strategy.name}-{self.task.name}-{self.fidelity_name}-s{self.seed}"
 
 

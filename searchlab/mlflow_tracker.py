@@ -51,6 +51,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from .result import to_jsonable
 from .tracking import TRACKERS, Tracker
 
 if TYPE_CHECKING:
@@ -593,6 +594,32 @@ class MlflowTracker(Tracker):
 
     def where(self) -> str:
         return f"{self.uri}  experiment {self.experiment!r}"
+
+    def log_rescored(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Metrics ``rescore/<rank>/{val,test}_{mean,std}`` and ``rescored.json`` on the
+        search's parent run (already finished: written directly, best effort with a
+        warning)."""
+        if self.run_id is None or not rows:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(_key(f"rescore/{i}/{k}"), float(row[k]), now, 0)
+                   for i, row in enumerate(rows, 1)
+                   for k in ("val_mean", "val_std", "test_mean", "test_std", "search_reward")
+                   if _finite(row.get(k))]
+        try:
+            client = self._client()
+            client.log_batch(self.run_id, metrics=metrics)
+            client.set_tag(self.run_id, "rescored_rule", _clip(rows[0].get("rule", ""), _TAG_LEN))
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "rescored.json"
+                path.write_text(json.dumps(to_jsonable(list(rows)), indent=1))
+                client.log_artifact(self.run_id, str(path))
+        except Exception as e:  # noqa: BLE001 - the files in the run folder are the record
+            msg = f"MLflow: could not log the re-scored rules ({_first_line(e)})"
+            warnings.warn(msg, stacklevel=2)
+            self.error = self.error or msg
 
     def log_report(self, files: Mapping[str, Path], rows: Sequence[Mapping[str, Any]],
                    params: Mapping[str, Any]) -> None:

@@ -48,6 +48,13 @@ class Strategy(abc.ABC):
             done: Callable[[], bool]) -> None:  # pragma: no cover - default is ask/tell
         raise NotImplementedError
 
+    @property
+    def warmup(self) -> int:
+        """Samples this strategy proposes before any feedback changes what it proposes
+        (e.g. evolution's initial random population); a budget at or below it makes the
+        strategy indistinguishable from random search, and the application warns."""
+        return 0
+
     # checkpoint/resume hooks (optional): default is "no extra state"
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -63,6 +63,11 @@ class Tracker:
         logged and mark the run so; a later resume may reopen it."""
         return None
 
+    def log_rescored(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """After ``finish``: the search's best rules re-scored on fresh seeds
+        (:meth:`searchlab.rescore.Rescored.row`, best first)."""
+        return None
+
     def log_report(self, files: Mapping[str, "Path"], rows: Sequence[Mapping[str, Any]],
                    params: Mapping[str, Any]) -> None:
         """Log a comparison's report: its files, one row of numbers per strategy

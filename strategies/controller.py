@@ -262,7 +262,7 @@ class _ControllerStrategy(Strategy):
 
     @property
     def name(self) -> str:
-        """Strategy name with its preset and overridden options (DESIGN 8.4)."""
+        """Strategy name with its preset and overridden options (ARCHITECTURE.md, rule 4)."""
         base = asdict(PRESETS[self.algorithm][self.preset])
         parts = [self.preset] if self.preset != "tuned" else []
         parts += [f"{k}={v}" for k, v in asdict(self.config).items() if base[k] != v]
@@ -279,6 +279,10 @@ class _ControllerStrategy(Strategy):
         self._pending = (tokens, masks)
         vocab = self.space.vocab
         return [Rule.from_tokens([vocab[i] for i in row]) for row in tokens.tolist()]
+
+    @property
+    def warmup(self) -> int:
+        return self.config.batch_size    # the first policy update comes after one batch
 
     def tell(self, results: Sequence[Result]) -> None:
         """Buffer the rewards of the last ``ask`` (same order); update every ``batch_size``."""

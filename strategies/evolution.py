@@ -131,6 +131,10 @@ class RegularizedEvolution(Strategy):
                 self.population.popleft()          # aging: the oldest dies
         self.pending = []
 
+    @property
+    def warmup(self) -> int:
+        return self.population_size      # the initial population is uniformly random
+
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state, "population": list(self.population),
                 "seen": sorted(self.seen), "initial_asked": self.initial_asked}

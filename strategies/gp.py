@@ -1,7 +1,7 @@
 """Strongly typed genetic programming with DEAP over the DSL's primitives.
 
 The primitive set is derived from the search space (which derives from the primitives
-table, DESIGN 8.7): operand tokens are typed terminals, unary tokens are primitives
+table, ARCHITECTURE.md rule 6): operand tokens are typed terminals, unary tokens are primitives
 ``operand -> arg`` and binary tokens primitives ``arg, arg -> group``.  The types also
 encode the token grammar's chain of groups (paper section 3.1), so that *every* tree is
 a rule of exactly the space's depth:
@@ -27,7 +27,7 @@ one, so only valid rules of the space are returned.  Not covered: groups that re
 output older than the latest one as their second operand (possible at depth >= 3).
 
 Evolution is the classic generational GP of DEAP's ``eaSimple``, written as an ask/tell
-loop (ECOSYSTEM: eaSimple has no budget stop and re-evaluates duplicates): tournament
+loop (``eaSimple`` has no budget stop and re-evaluates duplicates): tournament
 selection, ``cxOnePoint`` (subtree crossover between equal types), ``mutUniform`` (a
 random subtree regenerated), elitism of the best individual.  Offspring whose canonical
 key was already evaluated get their known reward without being asked; only new keys
@@ -305,6 +305,10 @@ class GeneticProgramming(Strategy):
                 del ind.fitness.values
             ind, rule = self._repair(ind)
             self._score(ind, rule)
+
+    @property
+    def warmup(self) -> int:
+        return self.population_size      # the first generation is random
 
     def ask(self, n: int) -> list[Rule]:
         with _seeded(self.rng):

@@ -22,8 +22,8 @@ Options (everything not listed is passed to the algorithm's constructor)::
     max_invalid_streak  stop after this many consecutive invalid episodes (default 20_000)
     chunk_steps     ``total_timesteps`` of each ``learn()`` call (default 20_000)
 
-Sample-limited defaults (ECOSYSTEM.md: PPO's ``n_steps=2048`` trains nothing in a
-300-evaluation budget of ~3,000 env steps): on-policy algorithms collect ``n_steps=64``
+Sample-limited defaults (PPO's default ``n_steps=2048`` trains nothing in a
+300-evaluation budget of ~3,000 env steps; ARCHITECTURE.md, "Dependency facts"): on-policy algorithms collect ``n_steps=64``
 steps per update (``batch_size=32``, 4 epochs); ``gamma=1`` and ``gae_lambda=1`` (an
 episode is one rule with its reward at the end, no discount, as in the paper); DQN gets a
 10,000-step replay buffer (the default 10^6 would allocate gigabytes of one-hot
@@ -31,7 +31,7 @@ observations) and explores over its first 2,000 steps.
 
 Masks.  ``MaskablePPO`` reads the env's ``action_masks()`` (the DSL's single mask
 function), so it only writes valid rules.  The other algorithms have no mask support
-(``RecurrentPPO`` included, ECOSYSTEM.md) and need an invalid-token policy, option
+(``RecurrentPPO`` included: only ``MaskablePPO`` reads ``action_masks()``) and need an invalid-token policy, option
 ``invalid``:
 
 * ``"remap"`` (default): the agent's action ``a`` means the ``(a mod k)``-th of the
@@ -217,7 +217,7 @@ class SB3Strategy(Strategy):
 
     @property
     def name(self) -> str:
-        """``sb3[<algo>,<overridden options>]`` (DESIGN 8.4)."""
+        """``sb3[<algo>,<overridden options>]`` (ARCHITECTURE.md, rule 4)."""
         parts = [self.algo] + [f"{k}={v}" for k, v in sorted(self.hyperparameters.items())
                                if default_hyperparameters(self.algo).get(k, object()) != v]
         if self.repeats != "floor":
@@ -225,6 +225,13 @@ class SB3Strategy(Strategy):
         if not self.uses_masks and self.invalid != "remap":
             parts.append(f"invalid={self.invalid}")
         return f"sb3[{','.join(parts)}]"
+
+    @property
+    def warmup(self) -> int:
+        """Rules written before the first policy update (on-policy: one rollout of
+        ``n_steps`` env steps; off-policy: ``learning_starts`` steps)."""
+        steps = self.hyperparameters.get("n_steps") or self.hyperparameters.get("learning_starts", 0)
+        return -(-int(steps) // self.space.length)
 
     @property
     def uses_masks(self) -> bool:

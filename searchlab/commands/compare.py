@@ -41,8 +41,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..app import (check_comparison, comparison_name, log_comparison, report_source,
-                       run_comparison)
+    from ..app import (check_comparison, comparison_name, log_comparison, reference_section,
+                       report_source, run_comparison)
     from ..config import ConfigError, strategy_choices
     from ..mlflow_tracker import TrackingError, check_tracking_uri, resolve_tracking_uri
     from ..report.comparison import write_report
@@ -59,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if cfg.report:
             runs, folder, experiment = report_source(cfg)
-            files = write_report(runs, folder, cfg.threshold,
+            targets, extra = reference_section(cfg, folder, runs, say, compute=False)
+            files = write_report(runs, folder, cfg.threshold, targets=targets,
+                                 extra_markdown=extra,
                                  title=f"{runs[0].summary.get('task', cfg.task.name)} / "
                                        f"{runs[0].summary.get('fidelity', cfg.fidelity_name)}",
                                  reps=cfg.reps)

@@ -1,4 +1,4 @@
-"""A millisecond toy evaluator for tests and strategy conformance (DESIGN 8.12).
+"""A millisecond toy evaluator for tests and strategy conformance (ARCHITECTURE.md, rule 12).
 
 ``ToyEvaluator().evaluate(rule, seed)`` does not train anything: it computes the rule's
 update on a fixed set of *probe states* (random gradients, moving averages, weights and
@@ -240,9 +240,12 @@ class ToyEvaluator:
             scale = float(y @ t) / yy if yy > 0 else 0.0
         return reward, (scale if scale > 0 and math.isfinite(scale) else None)
 
-    def evaluate(self, rule: Rule | str, seed: int = 0) -> Result:
-        """Score ``rule``; never raises for a bad rule (bad text -> ``invalid``)."""
-        start = time.perf_counter()
+    def evaluate(self, rule: Rule | str, seed: int = 0, *, test: bool = False) -> Result:
+        """Score ``rule``; never raises for a bad rule (bad text -> ``invalid``).
+
+        ``test=True`` also scores it on held-out probe states (``probe_seed + 1``) as
+        ``extra["test_reward"]``, the toy's stand-in for a test split."""
+        start, cpu0 = time.perf_counter(), time.process_time()
         text = rule if isinstance(rule, str) else rule.text
         try:
             rule = as_rule(rule)
@@ -273,5 +276,10 @@ class ToyEvaluator:
         except KeyError as e:  # an input the toy cannot compute: a value, not a crash
             return Result(reward=FLOOR_REWARD, status="invalid",
                           seconds=time.perf_counter() - start, message=str(e), **common)
+        extra: dict[str, float] = {"cpu_seconds": time.process_time() - cpu0}
+        if test:
+            from dataclasses import replace
+
+            extra["test_reward"] = replace(self, probe_seed=self.probe_seed + 1).score(rule, seed)[0]
         return Result(reward=reward, status="ok", best_lr=scale,
-                      seconds=time.perf_counter() - start, **common)
+                      seconds=time.perf_counter() - start, extra=extra, **common)
