@@ -63,13 +63,11 @@ def has_sign_product(rule_text: str) -> bool:
 
 
 def build_evaluator(task: str, fidelity: str, cache: str | None, threads: int | None) -> Any:
-    if task == "toy":
-        from searchlab.testing.toy import ToyEvaluator
+    from searchlab.evaluators import TOY_TASK, make_evaluator
 
-        return ToyEvaluator()
-    from searchlab.evaluate import Evaluator
-
-    return Evaluator(task=task, fidelity=fidelity, cache=cache, threads=threads)
+    if task == TOY_TASK:
+        return make_evaluator(task)
+    return make_evaluator(task, fidelity, cache=cache, threads=threads)
 
 
 def summarise(name: str, runs: list[SearchResult], threshold: float, top_k: int) -> dict[str, Any]:

@@ -46,21 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def build_evaluator(task: str, fidelity: str) -> Any:
-    if task == "toy":
-        from searchlab.toy import ToyEvaluator
+    """The evaluator of ``task`` at ``fidelity`` without a reward cache (every rule trains)."""
+    from searchlab.evaluators import TOY_TASK, make_evaluator
 
-        return ToyEvaluator()
-    import inspect
-
-    from searchlab.evaluate import Evaluator
-
-    kwargs: dict[str, Any] = {}
-    params = inspect.signature(Evaluator).parameters
-    if "cache" in params:
-        kwargs["cache"] = None
-    if "cache_dir" in params:
-        kwargs["cache_dir"] = None
-    return Evaluator(task=task, fidelity=fidelity, **kwargs)
+    return make_evaluator(task) if task == TOY_TASK else make_evaluator(task, fidelity)
 
 
 def distinct_rules(n: int, seed: int, trained_only: bool = False) -> list[Any]:

@@ -1,8 +1,8 @@
-"""Executors (DESIGN 8.10): order, faults as values, time limits, reseeding, threads.
+"""Executors (docs/ARCHITECTURE.md, rule 9): order, faults as values, time limits, reseeding, threads.
 
 Conformance tests run over the local executors (``serial``, ``process``); Ray gets the
 same checks in tests/test_ray.py (one cluster for all of them).  Injected faults come
-from :mod:`searchlab.faults`, importable by spawned workers.
+from :mod:`searchlab.testing.faults`, importable by spawned workers.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from searchlab import faults
+from searchlab.testing import faults
 from searchlab.executors import (EXECUTORS, Failure, ProcessExecutor, SerialExecutor, TaskFailed,
                                  item_seed, make_executor)
 
@@ -223,7 +223,7 @@ def test_closing_a_stream_abandons_unfinished_items(pool):
 
 
 def test_config_shorthands_build_the_right_executor():
-    from searchlab.commands.search import build_executor
+    from searchlab.app import build_executor
     from searchlab.config import ConfigError, load_config
 
     cfg = load_config(["workers=3", "tracking=none"])

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from searchlab import faults
+from searchlab.testing import faults
 from searchlab.executors import Failure, RayExecutor, SerialExecutor, item_seed
 
 pytestmark = pytest.mark.slow
@@ -71,7 +71,7 @@ def test_faults_become_values(ray_ex):
 
 def test_search_end_to_end_matches_serial(ray_ex):
     from searchlab.runner import run_search
-    from searchlab.toy import ToyEvaluator
+    from searchlab.testing.toy import ToyEvaluator
 
     ev = ToyEvaluator()
     a = run_search("evolution", ev, budget=24, batch_size=4, seed=3, executor=ray_ex)
