@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 #: rules shown by the demo: the paper's PowerSign and AddSign (section 5), a decayed
 #: variant, and rules of Table 6 (appendix 8.2)
@@ -39,6 +40,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def _data(seed: int, n: int = 512, dim: int = 10, classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels from a random two-layer teacher network: learnable, not linearly trivial."""
+    import torch  # here, not at import: `searchlab --help` stays fast
+
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, dim, generator=gen)
     w1 = torch.randn(dim, 16, generator=gen)
@@ -48,6 +51,8 @@ def _data(seed: int, n: int = 512, dim: int = 10, classes: int = 3) -> tuple[tor
 
 
 def _model(seed: int, dim: int = 10, classes: int = 3) -> torch.nn.Module:
+    import torch  # here, not at import: `searchlab --help` stays fast
+
     gen = torch.Generator().manual_seed(seed + 1)
     model = torch.nn.Sequential(torch.nn.Linear(dim, 32), torch.nn.Tanh(),
                                 torch.nn.Linear(32, classes))
@@ -60,6 +65,8 @@ def _model(seed: int, dim: int = 10, classes: int = 3) -> torch.nn.Module:
 
 def _train(make_opt: Callable[[Any], torch.optim.Optimizer], steps: int, seed: int,
            data: tuple[torch.Tensor, torch.Tensor]) -> tuple[list[float], float]:
+    import torch  # here, not at import: `searchlab --help` stays fast
+
     x, y = data
     model = _model(seed)
     opt = make_opt(model.parameters())
@@ -76,6 +83,8 @@ def _train(make_opt: Callable[[Any], torch.optim.Optimizer], steps: int, seed: i
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch  # here, not at import: `searchlab --help` stays fast
+
     from searchlab.dsl import parse
     from searchlab.optim import AddSign, PowerSign, RuleOptimizer
 
@@ -106,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _compare(data: tuple[torch.Tensor, torch.Tensor], steps: int, lr: float, seed: int) -> int:
+    import torch  # here, not at import: `searchlab --help` stays fast
+
     from searchlab.optim import AddSign, PowerSign, RuleOptimizer
 
     runs: list[tuple[str, Callable[[Any], torch.optim.Optimizer]]] = [
