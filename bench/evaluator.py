@@ -1,7 +1,7 @@
 """Evaluator speed, side by side with a plain hand-written torch loop doing the same protocol.
 
     .venv/bin/python bench/evaluator.py [--tasks mnist1d,cifar10] [--repeats 5] [--threads 1]
-        [--cifar-data ../shared/data/cifar10-jpeg.tar.gz] [--cifar-examples 5000] [--rule adam]
+        [--cifar-data path/to/cifar10-jpeg.tar.gz] [--cifar-examples 5000] [--rule adam]
 
 For each task (``fast`` fidelity; CIFAR-10 on its first ``--cifar-examples`` images) the
 script times, round-robin in one process (order shuffled every round, so machine noise

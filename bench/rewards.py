@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/rewards.py --part mnist1d --out rewards-mnist1d.jsonl   # fast, 3 seeds
     .venv/bin/python bench/rewards.py --part cifar10 --out rewards-cifar10.jsonl \\
-        --data-dir ../shared/data/cifar10-jpeg.tar.gz                             # paper fidelity
+        --data-dir path/to/cifar10-jpeg.tar.gz                                    # paper fidelity
     .venv/bin/python bench/rewards.py --report rewards-mnist1d.jsonl rewards-cifar10.jsonl
 
 ``--part`` evaluates and appends one JSON line per (rule, seed) as soon as it is done

@@ -1,4 +1,4 @@
-"""The reward of a rule (DESIGN section 6): ``Evaluator(task, fidelity).evaluate(rule, seed)``.
+"""The reward of a rule: ``Evaluator(task, fidelity).evaluate(rule, seed)``.
 
 A thin re-export of :mod:`searchlab.evaluation` (see :mod:`searchlab.evaluation.evaluator`
 for the full contract, :mod:`searchlab.evaluation.fidelity` for the protocols and

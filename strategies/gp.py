@@ -1,10 +1,10 @@
 """Strongly typed genetic programming with DEAP over the DSL's primitives.
 
 The primitive set is derived from the search space (which derives from the primitives
-table, ARCHITECTURE.md rule 6): operand tokens are typed terminals, unary tokens are primitives
-``operand -> arg`` and binary tokens primitives ``arg, arg -> group``.  The types also
-encode the token grammar's chain of groups (paper section 3.1), so that *every* tree is
-a rule of exactly the space's depth:
+table, ARCHITECTURE.md rule 6): operand tokens are typed terminals, unary tokens are
+primitives ``operand -> arg`` and binary tokens primitives ``arg, arg -> group``. The
+types also encode the token grammar's chain of groups (paper section 3.1), so that
+*every* tree is a rule of exactly the space's depth:
 
 ==========  ==============================================================
 type        trees of that type

@@ -23,16 +23,17 @@ Options (everything not listed is passed to the algorithm's constructor)::
     chunk_steps     ``total_timesteps`` of each ``learn()`` call (default 20_000)
 
 Sample-limited defaults (PPO's default ``n_steps=2048`` trains nothing in a
-300-evaluation budget of ~3,000 env steps; ARCHITECTURE.md, "Dependency facts"): on-policy algorithms collect ``n_steps=64``
-steps per update (``batch_size=32``, 4 epochs); ``gamma=1`` and ``gae_lambda=1`` (an
-episode is one rule with its reward at the end, no discount, as in the paper); DQN gets a
-10,000-step replay buffer (the default 10^6 would allocate gigabytes of one-hot
-observations) and explores over its first 2,000 steps.
+300-evaluation budget of ~3,000 env steps; ARCHITECTURE.md, "Dependency facts"):
+on-policy algorithms collect ``n_steps=64`` steps per update (``batch_size=32``, 4
+epochs); ``gamma=1`` and ``gae_lambda=1`` (an episode is one rule with its reward at the
+end, no discount, as in the paper); DQN gets a 10,000-step replay buffer (the default
+10^6 would allocate gigabytes of one-hot observations) and explores over its first 2,000
+steps.
 
 Masks.  ``MaskablePPO`` reads the env's ``action_masks()`` (the DSL's single mask
 function), so it only writes valid rules.  The other algorithms have no mask support
-(``RecurrentPPO`` included: only ``MaskablePPO`` reads ``action_masks()``) and need an invalid-token policy, option
-``invalid``:
+(``RecurrentPPO`` included: only ``MaskablePPO`` reads ``action_masks()``) and need an
+invalid-token policy, option ``invalid``:
 
 * ``"remap"`` (default): the agent's action ``a`` means the ``(a mod k)``-th of the
   ``k`` tokens the mask allows at this position (in vocabulary order).  Every action is

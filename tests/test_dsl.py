@@ -25,8 +25,9 @@ from searchlab.dsl import (
 )
 from searchlab.dsl.nodes import Bin, Call, Const, Leaf
 
-# DESIGN section 5: examples that must parse
-DESIGN_RULES = [
+# Example rules of the specification that must parse (docs/ARCHITECTURE.md, rule 6: the
+# primitives table defines the language; README "Rules" lists its operands and functions)
+SPEC_RULES = [
     "exp(sign(g)*sign(m))*g", "(1+sign(g)*sign(m))*g", "(1+ld*sign(g)*sign(m))*g",
     "exp(cd*sign(g)*sign(m))*g", "sign(m)*sqrt(g)", "m*exp(v)", "clip(m, 1e-4)*exp(v)",
     "drop(m, 0.3)*exp(1e-3*w)", "g - clip(g2, 1e-4)", "exp(g) - exp(m)",
@@ -52,7 +53,7 @@ PAPER_RULES = [
 ]
 
 
-@pytest.mark.parametrize("text", sorted(set(DESIGN_RULES + PAPER_RULES)))
+@pytest.mark.parametrize("text", sorted(set(SPEC_RULES + PAPER_RULES)))
 def test_paper_and_design_rules_parse_and_print_back(text: str) -> None:
     rule = parse(text)
     assert parse(str(rule)) == rule
@@ -158,7 +159,7 @@ def test_parser_raises_only_parse_error_on_arbitrary_text(text: str) -> None:
 
 # --- canonical key -------------------------------------------------------------------
 # An independent numpy interpreter of the text semantics, used to check that rules that
-# share a key really compute the same update (DESIGN 5; paper 4.1 meanings).
+# share a key really compute the same update (the primitives table's meanings; paper 4.1).
 def _np_eval(node, env):  # noqa: ANN001
     if isinstance(node, Leaf):
         name = {"sign_g": None, "sign_m": None}.get(node.name, node.name)

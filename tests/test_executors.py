@@ -1,4 +1,4 @@
-"""Executors (docs/ARCHITECTURE.md, rule 9): order, faults as values, time limits, reseeding, threads.
+"""Executors (ARCHITECTURE.md, rule 9): order, faults as values, time limits, reseeding, threads.
 
 Conformance tests run over the local executors (``serial``, ``process``); Ray gets the
 same checks in tests/test_ray.py (one cluster for all of them).  Injected faults come

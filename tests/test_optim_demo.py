@@ -1,4 +1,4 @@
-"""CLI smoke test of ``searchlab demo`` (DESIGN 8.12: one CLI smoke run per command)."""
+"""CLI smoke test of ``searchlab demo`` (ARCHITECTURE.md, rule 12: a smoke run per command)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """``searchlab evaluate``: the reward of one rule on a task at a fidelity.
 
     searchlab evaluate "exp(sign(g)*sign(m))*g"                      # mnist1d, fast, seed 0
-    searchlab evaluate adam --task cifar10 --fidelity paper --data-dir ../shared/data/cifar10-jpeg.tar.gz
+    searchlab evaluate adam --task cifar10 --fidelity paper --data-dir path/to/cifar10-jpeg.tar.gz
     searchlab evaluate "(1+sign(g)*sign(m))*g" --task ensemble --seed 3 --json
 
 Prints the result as a table (``--json``: the whole :class:`~searchlab.result.Result` as

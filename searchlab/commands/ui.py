@@ -3,7 +3,7 @@
 Starts ``mlflow server`` on the local store ``sqlite:///<run_dir>/mlflow.db`` (or
 ``uri=``/``$MLFLOW_TRACKING_URI``) with one worker and MLflow's job runners off
 (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``): ~0.5 GB and ~4 s to start instead of
-~2.5 GB and ~8 s with the defaults (ECOSYSTEM.md).  Equivalent by hand::
+~2.5 GB and ~8 s with the defaults (ARCHITECTURE.md, "Dependency facts").  Equivalent by hand::
 
     MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --workers 1 \\
         --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port 5000

@@ -1,4 +1,4 @@
-"""``Rule``: an immutable update rule (DESIGN section 4)."""
+"""``Rule``: an immutable update rule."""
 
 from __future__ import annotations
 

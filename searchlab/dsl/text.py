@@ -1,4 +1,4 @@
-"""Text syntax of update rules: a Python-like infix language (DESIGN section 5).
+"""Text syntax of update rules: a Python-like infix language.
 
 Grammar (lowest to highest precedence)::
 

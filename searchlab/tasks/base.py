@@ -1,4 +1,4 @@
-"""The ``Task`` interface (DESIGN section 4) and what the tasks share.
+"""The ``Task`` interface and what the tasks share.
 
 A task builds data and a model for a seed and knows its loss and metric.  Two kinds:
 
@@ -54,7 +54,8 @@ def data_cache_dir() -> Path:
 
 def derive_seed(seed: int, tag: str) -> int:
     """A 63-bit seed for the stream ``tag`` of evaluation ``seed`` (independent streams
-    for model init, data order and the rule's noise; DESIGN 8.9: seeds are explicit)."""
+    for model init, data order and the rule's noise; seeds are explicit: ARCHITECTURE.md,
+    rule 8)."""
     h = hashlib.blake2b(f"{int(seed)}:{tag}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & (2**63 - 1)
 
@@ -68,7 +69,7 @@ def _format_option(value: Any) -> str:
 class Task(abc.ABC):
     """A child task.  Subclasses set ``name`` and ``kind`` and take keyword options.
 
-    ``id`` is the name plus the options that change results (DESIGN 8.4), e.g.
+    ``id`` is the name plus the options that change results (ARCHITECTURE.md, rule 4), e.g.
     ``cifar10+max_examples=2000``; it is what results and cache keys record.
     """
 

@@ -21,7 +21,7 @@ Data (``data_dir``), any of:
 (b) an ImageFolder tree ``train/<class>/*.jpg|png`` and ``test/<class>/...`` (classes in
     alphabetical order, as torchvision's ImageFolder), e.g. a JPEG copy of CIFAR-10;
 (c) a ``.tar.gz``/``.tgz``/``.tar`` archive of (a) (the official ``cifar-10-python.tar.gz``)
-    or of (b) (``../shared/data/cifar10-jpeg.tar.gz``);
+    or of (b) (e.g. ``path/to/cifar10-jpeg.tar.gz``, a JPEG copy);
 (d) with ``download=True`` only: the official archive, fetched into ``data_dir``
     (default ``data_cache_dir()/cifar10``) and checked against its published MD5.
 
