@@ -1,4 +1,4 @@
-"""Update rules as torch optimizers (DESIGN section 5; Bello et al. 2017, sections 3-5).
+"""Update rules as torch optimizers (Bello et al. 2017, sections 3-5).
 
 Public API::
 

@@ -1,4 +1,4 @@
-"""Compile an update rule into vectorised tensor code (DESIGN section 5; paper 3.1, 4.1).
+"""Compile an update rule into vectorised tensor code (paper 3.1, 4.1).
 
 :func:`compile_rule` turns a rule tree (:mod:`searchlab.dsl.nodes`) into a straight-line
 *plan* over LISTS of tensors: every step is one or a few ``torch._foreach_*`` calls, so

@@ -1,4 +1,4 @@
-"""Any update rule as a ``torch.optim.Optimizer`` (DESIGN section 5, paper section 3.1)."""
+"""Any update rule as a ``torch.optim.Optimizer`` (paper section 3.1)."""
 
 from __future__ import annotations
 
