@@ -66,7 +66,10 @@ def test_compare_writes_png_csv_markdown_with_one_row_per_strategy(compared, cap
     assert sorted(r["strategy"] for r in rows) == ["evolution", "random"]
     assert all(r["runs"] == "2" and r["budget"] == "10" for r in rows)
     md = (out / "summary.md").read_text()
-    assert md.count("| random | 2 |") == 1 and md.count("| evolution | 2 |") == 1
+    head = md.partition("## Statistics")[0]       # the summary table; statistics follow
+    assert head.count("| random | 2 |") == 1 and head.count("| evolution | 2 |") == 1
+    assert "fewer than 5 seeds" in md             # 2 seeds: the report says so
+    assert "Reference optimizers" in md and "`adam`" in md
     for lab in ("random", "evolution"):
         for seed in (0, 1):
             data = json.loads((out / "runs" / f"{lab}-s{seed}" / "results.json").read_text())
