@@ -1,4 +1,4 @@
-"""``Evaluator``: the reward of a rule on a task at a fidelity (DESIGN sections 4 and 6).
+"""``Evaluator``: the reward of a rule on a task at a fidelity.
 
 ::
 

@@ -1,4 +1,4 @@
-"""Fidelities: how much training one reward costs (DESIGN section 6; paper section 4.2).
+"""Fidelities: how much training one reward costs (paper section 4.2).
 
 ``paper`` is the published protocol: for each lr in 10^-5 .. 10^1 (7 values) train one
 epoch on 10,000 training examples; retrain the best lr for 5 epochs; the reward is the
@@ -10,7 +10,7 @@ out the validation set), the 10,000-example limit being stated for the sweep onl
 
 ``fast`` and ``smoke`` are documented reductions (table below); every field can be
 overridden and the name then says so (``fast+final_epochs=5``), which is what results,
-MLflow tags and the reward cache record (DESIGN 8.4).  Sizes larger than a task's splits
+MLflow tags and the reward cache record.  Sizes larger than a task's splits
 are capped at the split size (MNIST-1D has 8,000 training and 2,000 validation signals).
 
 =========  =================  ============  ============  ==========  =====  =============

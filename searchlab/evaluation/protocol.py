@@ -1,4 +1,4 @@
-"""The reward protocol (paper section 4.2, DESIGN section 6): lr sweep, final run, scoring.
+"""The reward protocol (paper section 4.2; docs/ARCHITECTURE.md): lr sweep, final run, scoring.
 
 Classification tasks.  :class:`CopyTrainer` trains ``K`` copies of the task's network
 (one per learning rate) in one pass: the copies share every minibatch, their parameters
@@ -11,7 +11,7 @@ once per epoch, no DataLoader) and the same noise seed for the rule; they agree 
 float rounding for deterministic rules (stochastic rules draw their noise for the K
 copies at once in the batched path).
 
-Divergence (DESIGN 6): after every step the K losses are checked; a copy whose loss is
+Divergence (docs/ARCHITECTURE.md, statuses): after every step the K losses are checked; a copy whose loss is
 NaN/inf, or above ``DIVERGENCE_FACTOR`` (1000) times the loss of its first step, stops at
 once (it is dropped from the stack; the others go on).  The second test catches runs that
 explode without overflowing: ``g/0`` is ``g/1e-8 = 1e8*g`` (paper 4.2's delta), and its
@@ -70,7 +70,7 @@ def _check_deadline(deadline: float | None) -> None:
 
 @dataclass
 class Seeds:
-    """Independent seeded streams of one evaluation (DESIGN 8.9)."""
+    """Independent seeded streams of one evaluation (ARCHITECTURE.md: explicit seeds)."""
 
     init: int
     order: int
@@ -153,7 +153,7 @@ class CopyTrainer:
         if math.isfinite(self.loss0):
             finite &= losses <= DIVERGENCE_FACTOR * max(self.loss0, 1e-3)
         if not bool(finite.all()):
-            # NaN/inf (or exploded) loss: those copies stop here (DESIGN 6); others go on
+            # NaN/inf (or exploded) loss: those copies stop here; others go on
             ok_rows = [r for r, f in enumerate(finite.tolist()) if f]
             for r, f in enumerate(finite.tolist()):
                 if not f:
