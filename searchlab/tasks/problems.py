@@ -58,6 +58,8 @@ class Problem:
     f_star: float
     low: tuple[float, ...]
     high: tuple[float, ...]
+    #: optional minibatch/noisy ``(x [K, dim], generator) -> (f, grad)`` (meta-training)
+    stochastic: Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]] | None = None
 
     def initial_point(self, seed: int, stream: str = "val") -> Tensor:
         rng = np.random.default_rng(derive_seed(seed, f"{stream}:{self.name}"))
@@ -235,6 +237,8 @@ class _Problems(ProblemTask):
 
     def problems(self) -> tuple[Problem, ...]:
         by_name = {p.name: p for p in build_problems()}
+        if any(n not in by_name for n in self.names):
+            by_name = all_problems()
         return tuple(by_name[n] for n in self.names)
 
     def initial_points(self, seed: int, stream: str = "val") -> list[Tensor]:
@@ -259,9 +263,15 @@ class ProblemEnsemble(_Problems):
         "quadratic", "rosenbrock", "beale", "booth", "matyas", "styblinski_tang",
         "log_sum_exp", "logistic_regression")
 
-    def __init__(self, problems: Sequence[str] | None = None) -> None:
+    def __init__(self, problems: Sequence[str] | None = None, suite: str = "base") -> None:
+        if suite not in ("base", "extended"):
+            raise ValueError(f"unknown suite {suite!r}; valid: base, extended")
+        if suite == "extended" and problems is None:
+            self.names = EXTENDED_NAMES  # type: ignore[misc]
         if problems is not None:
             known = {p.name for p in build_problems()}
+            if any(p not in known for p in problems):
+                known = set(all_problems())
             bad = [p for p in problems if p not in known]
             if bad:
                 raise ValueError(f"unknown problem(s) {bad}; known: {sorted(known)}")
@@ -269,4 +279,252 @@ class ProblemEnsemble(_Problems):
 
     def result_options(self):  # type: ignore[override]
         default = ProblemEnsemble.names
-        return {} if self.names == default else {"problems": "/".join(self.names)}
+        if self.names == default:
+            return {}
+        if self.names == EXTENDED_NAMES:
+            return {"suite": "extended"}
+        return {"problems": "/".join(self.names)}
+
+
+# --------------------------------------------------------------------------------------
+# The rest of the meta-training ensemble of Wichrowska et al. 2017 (section 4): more
+# textbook functions, problems where optimization is slow or gradients are sparse, and
+# the transformations of problems (rescaled parameters, sparse gradients, a monotonic
+# loss transform, multi-task sums).  They live in their own suite, so the ``ensemble``
+# task (its eight problems, instances and scores) is exactly what it was; ask for them
+# with ``ensemble`` + ``suite="extended"`` or by name in ``problems=``.
+#
+# ``Problem.stochastic`` (optional) is a minibatch/noisy version ``(x [K, dim], generator)
+# -> (f [K], grad [K, dim])`` of ``value_and_grad`` for meta-training; the reward protocol
+# always runs the deterministic ``value_and_grad`` (so rewards stay reproducible).
+# --------------------------------------------------------------------------------------
+_BRANIN = dict(a=1.0, b=5.1 / (4 * np.pi ** 2), c=5 / np.pi, r=6.0, s=10.0, t=1 / (8 * np.pi))
+#: Branin's value at its three global minima (-pi, 12.275), (pi, 2.275), (9.42478, 2.475)
+BRANIN_MIN = 0.39788735772973816
+
+
+def _ackley(x: Tensor) -> Tensor:
+    d = x.shape[-1]
+    s = torch.sqrt((x * x).sum(-1) / d)
+    return (-20 * torch.exp(-0.2 * s) - torch.exp(torch.cos(2 * np.pi * x).sum(-1) / d)
+            + np.e + 20)
+
+
+def _ackley_vg(x: Tensor) -> tuple[Tensor, Tensor]:
+    d = x.shape[-1]
+    s = torch.sqrt((x * x).sum(1) / d)
+    e1 = torch.exp(-0.2 * s)
+    e2 = torch.exp(torch.cos(2 * np.pi * x).sum(1) / d)
+    f = -20 * e1 - e2 + np.e + 20
+    # d/dx of -20 exp(-0.2 s) = 4 e1 x / (d s); at s = 0 the gradient is taken as 0
+    coef = torch.where(s > 0, 4 * e1 / (d * s.clamp_min(1e-300)), torch.zeros_like(s))
+    g = coef.unsqueeze(1) * x + (2 * np.pi / d) * e2.unsqueeze(1) * torch.sin(2 * np.pi * x)
+    return f, g
+
+
+def _branin(x: Tensor) -> Tensor:
+    k = _BRANIN
+    a, b = x[..., 0], x[..., 1]
+    return (k["a"] * (b - k["b"] * a * a + k["c"] * a - k["r"]) ** 2
+            + k["s"] * (1 - k["t"]) * torch.cos(a) + k["s"])
+
+
+def _branin_vg(x: Tensor) -> tuple[Tensor, Tensor]:
+    k = _BRANIN
+    a, b = x[:, 0], x[:, 1]
+    q = b - k["b"] * a * a + k["c"] * a - k["r"]
+    f = k["a"] * q * q + k["s"] * (1 - k["t"]) * torch.cos(a) + k["s"]
+    ga = 2 * k["a"] * q * (-2 * k["b"] * a + k["c"]) - k["s"] * (1 - k["t"]) * torch.sin(a)
+    return f, torch.stack((ga, 2 * k["a"] * q), 1)
+
+
+_MICHALEWICZ_M = 10
+
+
+def _michalewicz(x: Tensor) -> Tensor:
+    i = torch.arange(1, x.shape[-1] + 1, dtype=x.dtype)
+    return -(torch.sin(x) * torch.sin(i * x * x / np.pi) ** (2 * _MICHALEWICZ_M)).sum(-1)
+
+
+def _michalewicz_vg(x: Tensor) -> tuple[Tensor, Tensor]:
+    m2 = 2 * _MICHALEWICZ_M
+    i = torch.arange(1, x.shape[-1] + 1, dtype=x.dtype)
+    arg = i * x * x / np.pi
+    s = torch.sin(arg)
+    sm1 = s ** (m2 - 1)
+    f = -(torch.sin(x) * sm1 * s).sum(1)
+    g = -(torch.cos(x) * sm1 * s + torch.sin(x) * m2 * sm1 * torch.cos(arg) * (2 * i * x / np.pi))
+    return f, g
+
+
+def _michalewicz_min() -> float:
+    """2-D minimum (about -1.8013 at (2.2029, pi/2)) refined by 1-D Newton steps on x1
+    (x2 = pi/2 gives exactly -1)."""
+    x = torch.tensor([2.20290552, np.pi / 2], dtype=torch.float64)
+    for _ in range(50):
+        xx = x.clone().requires_grad_(True)
+        g = torch.autograd.grad(_michalewicz(xx), xx, create_graph=True)[0]
+        h = torch.autograd.grad(g[0], xx)[0][0]
+        x = x - torch.tensor([float(g[0].detach() / h), 0.0], dtype=torch.float64)
+    return float(_michalewicz(x))
+
+
+def _oscillating_valley(x: Tensor) -> Tensor:
+    """A valley along ``x[i+1] = sin(x[i])``, descending forever as ``x[0]`` grows:
+    ``10 * sum_i (x[i+1] - sin x[i])^2 + softplus(-x[0])``, infimum 0 at infinity."""
+    r = x[..., 1:] - torch.sin(x[..., :-1])
+    return 10 * (r * r).sum(-1) + torch.nn.functional.softplus(-x[..., 0])
+
+
+def _oscillating_valley_vg(x: Tensor) -> tuple[Tensor, Tensor]:
+    r = x[:, 1:] - torch.sin(x[:, :-1])
+    f = 10 * (r * r).sum(1) + torch.nn.functional.softplus(-x[:, 0])
+    g = torch.zeros_like(x)
+    g[:, 1:] += 20 * r
+    g[:, :-1] -= 20 * r * torch.cos(x[:, :-1])
+    g[:, 0] -= torch.sigmoid(-x[:, 0])
+    return f, g
+
+
+def _min_max(x: Tensor) -> Tensor:
+    """``max(x) - min(x)``: only two gradient entries are non-zero, and they jump."""
+    return x.amax(-1) - x.amin(-1)
+
+
+def _min_max_vg(x: Tensor) -> tuple[Tensor, Tensor]:
+    hi, ih = x.max(1)
+    lo, il = x.min(1)
+    g = torch.zeros_like(x)
+    rows = torch.arange(x.shape[0])
+    g[rows, ih] += 1.0
+    g[rows, il] -= 1.0
+    return hi - lo, g
+
+
+def rescaled(p: Problem, scales: Sequence[float], name: str | None = None) -> Problem:
+    """``p`` after the change of variables ``x = scales * z`` (parameters of very
+    different scale; the same minimum value)."""
+    s = torch.tensor(list(scales), dtype=torch.float64)
+
+    def vg(z: Tensor) -> tuple[Tensor, Tensor]:
+        f, g = p.value_and_grad(z * s)
+        return f, g * s
+
+    stoch = None
+    if p.stochastic is not None:
+        def stoch(z: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+            f, g = p.stochastic(z * s, gen)  # type: ignore[misc]
+            return f, g * s
+    lo = tuple(min(a / c, b / c) for a, b, c in zip(p.low, p.high, s.tolist()))
+    hi = tuple(max(a / c, b / c) for a, b, c in zip(p.low, p.high, s.tolist()))
+    return Problem(name or f"{p.name}_rescaled", p.dim, lambda z: p.f(z * s), vg, p.f_star,
+                   lo, hi, stochastic=stoch)
+
+
+def power_loss(p: Problem, power: float, name: str | None = None) -> Problem:
+    """The monotonic loss transform ``(f - f*)^power`` (another steepness profile; the
+    same minimizers, minimum 0)."""
+    def f(x: Tensor) -> Tensor:
+        return (p.f(x) - p.f_star).clamp_min(0) ** power
+
+    def vg(x: Tensor) -> tuple[Tensor, Tensor]:
+        v, g = p.value_and_grad(x)
+        gap = (v - p.f_star).clamp_min(1e-300)
+        return gap ** power, (power * gap ** (power - 1)).unsqueeze(1) * g
+
+    return Problem(name or f"{p.name}_pow{power:g}", p.dim, f, vg, 0.0, p.low, p.high)
+
+
+def sparse_gradients(p: Problem, fraction: float, name: str | None = None) -> Problem:
+    """``p`` whose stochastic gradient has each entry zeroed with probability
+    ``fraction`` at every step (the deterministic gradient is ``p``'s)."""
+    def stoch(x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        f, g = (p.stochastic(x, gen) if p.stochastic is not None else p.value_and_grad(x))
+        keep = (torch.rand(g.shape, generator=gen, dtype=g.dtype) >= fraction).to(g.dtype)
+        return f, g * keep
+
+    return Problem(name or f"{p.name}_sparse", p.dim, p.f, p.value_and_grad, p.f_star,
+                   p.low, p.high, stochastic=stoch)
+
+
+def summed(parts: Sequence[Problem], name: str | None = None) -> Problem:
+    """The multi-task sum: concatenated parameters, summed losses (minimum: the sum)."""
+    parts = tuple(parts)
+    cuts = np.cumsum([0] + [q.dim for q in parts]).tolist()
+
+    def f(x: Tensor) -> Tensor:
+        return sum(q.f(x[..., a:b]) for q, a, b in zip(parts, cuts, cuts[1:]))  # type: ignore[return-value]
+
+    def vg(x: Tensor) -> tuple[Tensor, Tensor]:
+        out = [q.value_and_grad(x[:, a:b]) for q, a, b in zip(parts, cuts, cuts[1:])]
+        return sum(o[0] for o in out), torch.cat([o[1] for o in out], 1)  # type: ignore[return-value]
+
+    return Problem(name or "+".join(q.name for q in parts), cuts[-1], f, vg,
+                   float(sum(q.f_star for q in parts)),
+                   sum((q.low for q in parts), ()), sum((q.high for q in parts), ()))
+
+
+def minibatch_quadratic(dim: int, examples: int, batch: int, rng: np.random.Generator,
+                        name: str = "minibatch_quadratic") -> Problem:
+    """``mean_i (a_i . x)^2`` over ``examples`` random vectors ``a_i`` (minimum 0 at 0);
+    the stochastic version averages a random minibatch of ``batch`` of them."""
+    A = torch.tensor(rng.normal(size=(examples, dim)) / np.sqrt(dim), dtype=torch.float64)
+
+    def f(x: Tensor) -> Tensor:
+        z = x @ A.T
+        return (z * z).mean(-1)
+
+    def vg(x: Tensor) -> tuple[Tensor, Tensor]:
+        z = x @ A.T
+        return (z * z).mean(1), (2.0 / examples) * z @ A
+
+    def stoch(x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        idx = torch.randint(0, examples, (batch,), generator=gen)
+        a = A[idx]
+        z = x @ a.T
+        return (z * z).mean(1), (2.0 / batch) * z @ a
+
+    return Problem(name, dim, f, vg, 0.0, (-3.0,) * dim, (3.0,) * dim, stochastic=stoch)
+
+
+@lru_cache(maxsize=None)
+def build_extended_problems() -> tuple[Problem, ...]:
+    """The problems the ``extended`` suite adds to the ensemble's eight (fixed instances,
+    their own instance seed stream: the original eight are untouched)."""
+    rng = np.random.default_rng(derive_seed(INSTANCE_SEED, "extended-problems"))
+    base = {p.name: p for p in build_problems()}
+    box2 = lambda lo, hi: ((lo, lo), (hi, hi))  # noqa: E731
+    ackley = Problem("ackley", 2, _ackley, _ackley_vg, 0.0, *box2(-3.0, 3.0))
+    branin = Problem("branin", 2, _branin, _branin_vg, BRANIN_MIN, (-5.0, 0.0), (10.0, 15.0))
+    michalewicz = Problem("michalewicz", 2, _michalewicz, _michalewicz_vg, _michalewicz_min(),
+                          *box2(0.5, 3.0))
+    valley = Problem("oscillating_valley", 10, _oscillating_valley, _oscillating_valley_vg,
+                     0.0, (-2.0,) * 10, (2.0,) * 10)
+    min_max = Problem("min_max", 10, _min_max, _min_max_vg, 0.0, (-3.0,) * 10, (3.0,) * 10)
+    mbq = minibatch_quadratic(10, 100, 10, rng)
+    scales = np.exp(rng.uniform(np.log(0.1), np.log(10.0), size=10)).tolist()
+    return (
+        ackley, branin, michalewicz, valley, min_max, mbq,
+        rescaled(base["quadratic"], scales, "quadratic_rescaled"),
+        rescaled(base["rosenbrock"], (0.1, 10.0), "rosenbrock_rescaled"),
+        sparse_gradients(base["logistic_regression"], 0.8, "logistic_regression_sparse"),
+        power_loss(base["booth"], 0.5, "booth_sqrt"),
+        summed((base["beale"], branin, base["log_sum_exp"]), "multitask"),
+    )
+
+
+#: the problems of ``ensemble`` with ``suite="extended"``: the eight and the additions
+EXTENDED_NAMES: tuple[str, ...] = (
+    "quadratic", "rosenbrock", "beale", "booth", "matyas", "styblinski_tang", "log_sum_exp",
+    "logistic_regression", "ackley", "branin", "michalewicz", "oscillating_valley",
+    "min_max", "minibatch_quadratic", "quadratic_rescaled", "rosenbrock_rescaled",
+    "logistic_regression_sparse", "booth_sqrt", "multitask")
+
+
+def all_problems() -> dict[str, Problem]:
+    """Every named problem instance: the ensemble's eight and the extended suite's."""
+    return {p.name: p for p in build_problems() + build_extended_problems()}
+
+
+__all__ += ["BRANIN_MIN", "EXTENDED_NAMES", "all_problems", "build_extended_problems",
+            "minibatch_quadratic", "power_loss", "rescaled", "sparse_gradients", "summed"]
