@@ -9,7 +9,10 @@ comparison folder by :func:`searchlab.runfiles.load_runs`).  Output, in one fold
 * ``summary.csv`` / ``summary.md`` -- one row per strategy: best reward at the budget
   (mean and 95 % bootstrap CI), median unique evaluations to reach a reward threshold,
   unique-evaluation ratio (unique rules / rules asked), wall time per sample;
-* ``runs.csv`` -- one row per strategy x seed; ``report.json`` -- everything above.
+* ``runs.csv`` -- one row per strategy x seed; ``report.json`` -- everything above;
+* the statistics of :func:`write_statistics` (rliable IQM, probability of improvement,
+  performance profiles, fixed targets);
+* ``report.html`` -- all of it on one self-contained page (:mod:`searchlab.report.html`).
 
 Every sample counted here is a unique evaluation: the runner logs only fresh canonical
 keys (repeats are free), and :meth:`RunRecord.rewards` de-duplicates keys again for
@@ -423,6 +426,9 @@ def write_report(runs: Sequence[RunRecord], folder: str | os.PathLike[str],
                                      "strategies": rows, "runs": per_run})
     paths.update(_plots(runs, d, thr, title))
     paths.update(stat_files)
+    from .html import write_html_report
+
+    paths["report.html"] = write_html_report(runs, d, title, paths)
     return paths
 
 
