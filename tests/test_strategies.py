@@ -2,25 +2,28 @@
 ``STRATEGIES`` registry, so strategies added later are covered automatically; plus
 tests of the random, evolution and GP internals.
 
-Every registered strategy must: spend exactly the budget in unique evaluations, propose
-only valid rules of the space, be deterministic for a seed, survive ``diverged`` and
-``invalid`` results, and -- if it learns (every strategy but ``random``) -- beat random
-search's median best reward at a fixed budget over several seeds on the toy objective.
+The conformance checks are the functions of :mod:`searchlab.testing.conformance` (which
+outside authors call from their own tests): every registered strategy must carry its
+registered name, spend exactly the budget in unique evaluations, propose only valid rules
+of the space, be deterministic for a seed without touching the global RNGs, survive
+``diverged`` and ``invalid`` results and checkpoint its state.  Each check is also shown
+to fail for a strategy broken on purpose.  Here only: every learning strategy (all but
+``random``) must beat random search's median best reward at a fixed budget over several
+seeds on the toy objective.
 
 A strategy class may define ``conformance_options: dict`` (e.g. a small-budget preset);
-the suite builds it with those options.  Runs go through ``run_search`` (owns_loop
+the checks build it with those options.  Runs go through ``run_search`` (owns_loop
 strategies through ``Strategy.run``), on the millisecond :class:`ToyEvaluator`.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import random as pyrandom
 import subprocess
 import sys
 from collections import Counter
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pytest
@@ -29,66 +32,15 @@ from searchlab.dsl import (Rule, Space, TokenGrammarError, check_tokens, count_r
                            get_space, valid_next_tokens)
 from searchlab.dsl.tokens import operand_node, unary_node
 from searchlab.dsl.nodes import Bin
-from searchlab.executors import Executor
-from searchlab.runner import build_strategy, run_search
 from searchlab.strategy import STRATEGIES, Strategy
+from searchlab.testing.conformance import (check_budget, check_deterministic, check_name,
+                                           check_rules_in_space, check_state,
+                                           check_strategy, check_survives_failures,
+                                           record_search)
 from searchlab.testing.toy import ToyEvaluator
 
 NAMES = STRATEGIES.names()
 LEARNING = [n for n in NAMES if n != "random"]
-
-
-class Plain(Executor):
-    """map without the serial executor's per-item global reseeding (faster here)."""
-
-    def map(self, fn, items, *, on_failure=None):
-        return [fn(x) for x in items]
-
-
-def make(name: str, seed: int, space: Space | str = "scratch") -> Strategy:
-    opts = dict(getattr(STRATEGIES.get(name), "conformance_options", {}) or {})
-    return build_strategy(name, space, seed, **opts)
-
-
-def spy(strategy: Strategy) -> tuple[list[Rule], list[Any], list[int]]:
-    """Record every rule the strategy proposes, every result it is told, and every n."""
-    asked: list[Rule] = []
-    told: list[Any] = []
-    ns: list[int] = []
-    if strategy.owns_loop:
-        run = strategy.run
-
-        def run_spy(evaluate, done):
-            def ev(rules):
-                asked.extend(rules)
-                out = evaluate(rules)
-                told.extend(out)
-                return out
-            return run(ev, done)
-        strategy.run = run_spy  # type: ignore[method-assign]
-    else:
-        ask, tell = strategy.ask, strategy.tell
-
-        def ask_spy(n):
-            ns.append(n)
-            out = ask(n)
-            asked.extend(out)
-            return out
-
-        def tell_spy(results):
-            told.extend(results)
-            return tell(results)
-        strategy.ask, strategy.tell = ask_spy, tell_spy  # type: ignore[method-assign]
-    return asked, told, ns
-
-
-def search(name: str, seed: int, budget: int, space: Space | str = "scratch",
-           evaluator: Any = None, batch_size: int = 5):
-    strat = make(name, seed, space)
-    asked, told, ns = spy(strat)
-    res = run_search(strat, evaluator or ToyEvaluator(), budget=budget, batch_size=batch_size,
-                     seed=seed, executor=Plain())
-    return res, asked, told, ns
 
 
 # --- conformance ---------------------------------------------------------------------
@@ -97,54 +49,124 @@ def test_registry_holds_the_builtin_strategies():
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_name_is_the_registered_name(name):
+    check_name(name)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_budget_is_respected_exactly(name):
-    res, asked, told, ns = search(name, 0, budget=23, batch_size=4)
-    assert res.stopped == "budget" and res.unique == 23 == len(res.results)
-    assert len(set(res.keys)) == 23
-    assert res.asked == len(asked) and res.repeats == len(asked) - 23 - sum(
-        1 for r in told if r.extra.get("over_budget"))
-    if not STRATEGIES.get(name).owns_loop:
-        assert len(told) == len(asked)
-        assert [r.key for r in told] == [r.key for r in asked]   # tell in the order asked
-        assert all(1 <= n <= 4 for n in ns)
+    check_budget(name, seed=0, budget=23, batch_size=4)
 
 
 @pytest.mark.parametrize("space", [get_space("scratch"), get_space("small", depth=1),
                                    get_space("paper", depth=3)], ids=lambda s: f"{s.name}-d{s.depth}")
 @pytest.mark.parametrize("name", NAMES)
 def test_only_valid_rules_of_the_space(name, space):
-    res, asked, _, _ = search(name, 1, budget=20, space=space)
-    assert asked
-    for rule in asked:
-        check_tokens(space, rule.to_tokens())        # raises TokenGrammarError if not
-    assert all(len(r.tokens) == space.length for r in res.results)
-    assert not any(r.status == "invalid" for r in res.results)
+    check_rules_in_space(name, space=space, seed=1, budget=20)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_deterministic_for_a_seed(name):
-    a = search(name, 7, budget=25)[0].keys
-    b = search(name, 7, budget=25)[0].keys
-    c = search(name, 8, budget=25)[0].keys
-    assert a == b
-    assert a != c
+    check_deterministic(name, seeds=(7, 8), budget=25)
 
 
 @pytest.mark.parametrize("status", ["diverged", "invalid"])
 @pytest.mark.parametrize("name", NAMES)
 def test_survives_failed_evaluations(name, status):
-    ev = ToyEvaluator(fail_rate=0.4, fail_status=status)
-    res, asked, told, _ = search(name, 2, budget=30, evaluator=ev)
-    assert res.unique == 30 and res.stopped == "budget"
-    counts = Counter(r.status for r in res.results)
-    assert counts[status] >= 5 and counts["ok"] >= 5
+    check_survives_failures(name, status=status, seed=2, budget=30, fail_rate=0.4)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_state_dict_is_picklable(name):
-    strat = make(name, 0)
-    run_search(strat, ToyEvaluator(), budget=10, batch_size=5, seed=0, executor=Plain())
-    pickle.dumps(strat.state_dict())
+def test_state_dict_pickles_and_continues_identically(name):
+    check_state(name, seed=0, budget=10)
+
+
+def test_check_strategy_runs_every_check():
+    check_strategy("random", space="small", seeds=(3, 4), budget=20)
+    with pytest.raises(AssertionError, match="Strategy.name is ''"):
+        check_strategy(Sampler)           # starts with check_name: not registered
+
+
+# --- the checks fail for strategies broken on purpose ----------------------------------
+class Sampler(Strategy):
+    """A correct random search, except that it is not registered (no name)."""
+
+    def __init__(self, space: Space, seed: int, **options: Any) -> None:
+        from searchlab.strategies.random import TokenSampler
+
+        super().__init__(space, seed)
+        self.rng: Any = np.random.default_rng(seed)
+        self.sampler = TokenSampler(space)
+
+    def ask(self, n: int) -> list[Rule]:
+        return [Rule.from_tokens(self.sampler.sample(self.rng)) for _ in range(n)]
+
+    def tell(self, results: Sequence[Any]) -> None:
+        return None
+
+
+def _subclass(cls_name: str, **attrs: Any) -> type[Strategy]:
+    return type(cls_name, (Sampler,), attrs)
+
+
+def _stuck_ask(self, n):
+    return [Rule.from_tokens(self.sampler.sample(np.random.default_rng(0)))] * n
+
+
+def _outside_init(self, space, seed, **options):
+    Sampler.__init__(self, get_space("paper", depth=3), seed)
+    self.space = space                       # proposes rules of another space
+
+
+def _global_init(self, space, seed, **options):
+    Sampler.__init__(self, space, seed)
+    np.random.seed(seed)
+    self.rng = np.random                     # draws from (and moves) NumPy's global RNG
+
+
+def _fragile_tell(self, results):
+    bad = [r.status for r in results if r.status != "ok"]
+    if bad:
+        raise ValueError(f"cannot learn from {bad[0]} results")
+
+
+def _unseeded_init(self, space, seed, **options):
+    Sampler.__init__(self, space, seed)
+    self.rng = np.random.default_rng()       # fresh entropy: not reproducible
+
+
+def _fixed_init(self, space, seed, **options):
+    Sampler.__init__(self, space, 0)         # ignores its seed
+
+
+Fragile = _subclass("Fragile", tell=_fragile_tell)
+Forgetful = _subclass("Forgetful", state_dict=lambda self: {"rng": self.rng.bit_generator.state},
+                      load_state_dict=lambda self, state: None)
+
+
+BROKEN = [
+    (check_name, Sampler, "Strategy.name is ''"),
+    (check_name, _subclass("Impostor", name="random"), "not registered as 'random'"),
+    (check_budget, _subclass("Stuck", ask=_stuck_ask), "stopped 'stalled' after 1 of 23"),
+    (check_budget, _subclass("TooMany", ask=lambda self, n: Sampler.ask(self, n + 1)),
+     r"ask\(n\) returned k rules outside 1..n"),
+    (check_rules_in_space, _subclass("Outside", __init__=_outside_init), "not a rule of space 'scratch'"),
+    (check_deterministic, _subclass("Unseeded", __init__=_unseeded_init), "two searches with seed 7 differ"),
+    (check_deterministic, _subclass("SeedIgnored", __init__=_fixed_init), "evaluated the same rules"),
+    (check_deterministic, _subclass("GlobalRng", __init__=_global_init), "global RNG state of numpy"),
+    (check_survives_failures, Fragile, "ValueError: cannot learn from diverged"),
+    (check_state, Forgetful, "proposed different rules than the original"),
+    (check_state, _subclass("Unpicklable", state_dict=lambda self: {"f": lambda: 0}), "does not pickle"),
+]
+
+
+@pytest.mark.parametrize("check,broken,message", BROKEN,
+                         ids=[f"{c.__name__}-{b.__name__}" for c, b, _ in BROKEN])
+def test_checks_fail_for_broken_strategies(check, broken, message):
+    with pytest.raises(AssertionError, match=message):
+        check(broken)
+    if check is not check_name:  # the same check passes for the unbroken strategy
+        check(Sampler)
 
 
 # "learning strategies beat random": the toy objective on the `small` space (the space
@@ -155,7 +177,8 @@ LEARN_BUDGET, LEARN_SEEDS, LEARN_SPACE = 200, range(7), "small"
 
 
 def _median_best(name: str) -> float:
-    return float(np.median([search(name, s, LEARN_BUDGET, LEARN_SPACE, batch_size=10)[0].best_reward
+    return float(np.median([record_search(name, seed=s, budget=LEARN_BUDGET, space=LEARN_SPACE,
+                                          batch_size=10).result.best_reward
                             for s in LEARN_SEEDS]))
 
 
@@ -321,8 +344,8 @@ def test_gp_leaves_global_random_state_and_creator_alone():
 
     ind_cls = creator.SearchlabGPIndividual
     state = pyrandom.getstate()
-    run_search(make("gp", 0), ToyEvaluator(), budget=40, batch_size=10, seed=0, executor=Plain())
-    run_search(make("gp", 1), ToyEvaluator(), budget=40, batch_size=10, seed=1, executor=Plain())
+    record_search("gp", seed=0, budget=40, batch_size=10)
+    record_search("gp", seed=1, budget=40, batch_size=10)
     assert pyrandom.getstate() == state
     assert creator.SearchlabGPIndividual is ind_cls
 

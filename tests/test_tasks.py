@@ -1,8 +1,11 @@
 """Child tasks (searchlab.tasks): data generation/decoding, splits, models, problems.
 
-Every check compares with an independent reference: torch.nn modules for the stacked
-models, PIL/pickle reads of the same files for CIFAR-10, autograd and textbook minima
-for the problems, the global RNG state before/after for MNIST-1D generation.
+The Task interface checks that every registered task must pass are
+:func:`searchlab.testing.conformance.check_task` (run here over ``TASKS``, and shown to
+fail for tasks broken on purpose).  The rest compares with an independent reference:
+torch.nn modules for the stacked models, PIL/pickle reads of the same files for CIFAR-10,
+textbook minima for the problems, the global RNG state before/after for MNIST-1D
+generation.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import torch.nn.functional as F
 from searchlab.tasks import TASKS, DataNotFoundError, get_task
 from searchlab.tasks import cifar10 as cifar_mod
 from searchlab.tasks import mnist1d as m1d_mod
+from searchlab.tasks.base import ClassificationTask, Splits, StackedModel
 from searchlab.tasks.cifar10 import CIFAR10ConvNet
 from searchlab.tasks.mnist1d import MNIST1DConvNet
-from searchlab.tasks.problems import ORDERS, build_problems, normalised_score
+from searchlab.tasks.problems import ORDERS, Rosenbrock, build_problems, normalised_score
+from searchlab.testing.conformance import check_task
 
 JPEG_TAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 SMALL = 1200  # MNIST-1D signals for quick tests (800 train / 200 val / 200 test)
@@ -45,6 +50,97 @@ def test_registry_lists_the_tasks() -> None:
         get_task("imagenet")
 
 
+# --- conformance ----------------------------------------------------------------------------
+#: small instances of the built-in tasks (cifar10: skipped by check_task without the data)
+CONFORMANCE_OPTIONS = {"mnist1d": {"num_samples": SMALL},
+                       "cifar10": {"data_dir": JPEG_TAR, "max_examples": 100}}
+
+
+@pytest.mark.parametrize("name", TASKS.names())
+def test_task_conformance(name: str) -> None:
+    check_task(name, **CONFORMANCE_OPTIONS.get(name, {}))
+
+
+class LinearNet(StackedModel):
+    """``k`` copies of a linear classifier of 4 features."""
+
+    @classmethod
+    def create(cls, k: int, generator: torch.Generator) -> "LinearNet":
+        one = [cls.uniform((4, 3), 4, generator), cls.uniform((3,), 4, generator)]
+        return cls(cls.replicate(one, k), [])
+
+    def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        w, b = self.params
+        return torch.baddbmm(b.unsqueeze(1), x.expand(self.k, *x.shape), w)
+
+
+class Blobs(ClassificationTask):
+    """A correct outside task: three Gaussian blobs in 4-D, 90/30/30 examples."""
+
+    name = "blobs"
+    num_classes = 3
+
+    def load(self) -> Splits:
+        gen = torch.Generator().manual_seed(0)
+        y = torch.arange(150) % 3
+        x = torch.randn(150, 4, generator=gen) + 2.0 * F.one_hot(y, 4).float()
+        return Splits(x[:90], y[:90], x[90:120], y[90:120], x[120:], y[120:])
+
+    def build_model(self, k: int, generator: torch.Generator) -> LinearNet:
+        return LinearNet.create(k, generator)
+
+
+class Leaky(Blobs):  # validation split = training examples
+    def load(self) -> Splits:
+        s = super().load()
+        return Splits(s.train_x, s.train_y, s.train_x[:30], s.train_y[:30], s.test_x, s.test_y)
+
+
+class Unseeded(Blobs):  # weights from torch's global RNG
+    def build_model(self, k: int, generator: torch.Generator) -> LinearNet:
+        return LinearNet.create(k, torch.default_generator)
+
+
+class Unlabelled(Blobs):  # a result option that is not in the id
+    def result_options(self) -> dict[str, int]:
+        return {"examples": 150}
+
+    @property
+    def id(self) -> str:
+        return self.name + "+size=150"
+
+
+class FixedStart(Rosenbrock):  # the same starting point for every seed
+    def initial_points(self, seed: int, stream: str = "val") -> list[torch.Tensor]:
+        return super().initial_points(0, stream)
+
+
+def test_check_task_passes_for_an_outside_task() -> None:
+    check_task(Blobs)
+    check_task(Blobs())
+
+
+BROKEN_TASKS = [
+    (Leaky, "30 val inputs also appear in the training split"),
+    (Unseeded, "param 0 differs between two models from one seed"),
+    (Unlabelled, "does not encode the result options"),
+    (FixedStart, r"initial points of \(seed 0, 'val'\) and \(seed 1, 'val'\) are equal"),
+]
+
+
+@pytest.mark.parametrize("broken,message", BROKEN_TASKS, ids=[b.__name__ for b, _ in BROKEN_TASKS])
+def test_check_task_fails_for_broken_tasks(broken: type, message: str) -> None:
+    with pytest.raises(AssertionError, match=message):
+        check_task(broken)
+
+
+def test_check_task_skips_a_task_whose_data_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(pytest.skip.Exception, match="data not available"):
+        check_task("cifar10", data_dir=tmp_path / "nowhere")
+    with pytest.raises(DataNotFoundError):
+        check_task("cifar10", data_dir=tmp_path / "nowhere", missing_data="raise")
+
+
 # --- MNIST-1D -----------------------------------------------------------------------------
 def test_mnist1d_generation_leaves_global_rng_untouched() -> None:
     random.seed(123)
@@ -58,15 +154,12 @@ def test_mnist1d_generation_leaves_global_rng_untouched() -> None:
     assert x.shape == (120, 40) and x.dtype == np.float32 and sorted(set(y.tolist())) == list(range(10))
 
 
-def test_mnist1d_splits_are_fixed_disjoint_and_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mnist1d_splits_are_fixed_and_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     task = get_task("mnist1d", num_samples=SMALL)
     s = task.load()
     assert s.sizes() == {"train": 800, "val": 200, "test": 200}
     assert task.id == f"mnist1d+num_samples={SMALL}" and get_task("mnist1d").id == "mnist1d"
-    # disjoint: no validation/test signal also appears in training
-    train = {tuple(np.round(r, 5)) for r in s.train_x.numpy()}
-    assert not any(tuple(np.round(r, 5)) in train for r in s.val_x.numpy())
-    assert not any(tuple(np.round(r, 5)) in train for r in s.test_x.numpy())
+    # disjoint splits: test_task_conformance
     # a second load in a fresh process reads the on-disk arrays: generation never runs again
     m1d_mod._memory.clear()
 
@@ -218,10 +311,8 @@ def test_fused_block_matches_batch_norm_relu_maxpool_in_float64(layout: str) -> 
                                                  training=False, eps=1e-5)), 2), rtol=1e-10, atol=1e-10)
 
 
-def test_models_init_copies_identically_and_like_pytorch_bounds() -> None:
-    m = MNIST1DConvNet.create(4, torch.Generator().manual_seed(3))
-    for p in m.params:
-        assert all(torch.equal(p[0], p[i]) for i in range(4))
+def test_models_init_like_pytorch_bounds() -> None:
+    m = MNIST1DConvNet.create(4, torch.Generator().manual_seed(3))   # equal copies: conformance
     assert float(m.params[0].detach().abs().max()) <= 1 / math.sqrt(5)          # fan_in 5
     assert float(m.params[8].detach().abs().max()) <= 1 / math.sqrt(320)        # fan_in 320
 
@@ -314,17 +405,7 @@ def test_cifar_jpeg_copy_small_subset_matches_pil_decoding() -> None:
 
 
 # --- problems -------------------------------------------------------------------------------
-def test_problem_gradients_match_autograd() -> None:
-    gen = torch.Generator().manual_seed(0)
-    for p in build_problems():
-        x = (torch.randn(5, p.dim, generator=gen, dtype=torch.float64) * 1.5).requires_grad_()
-        f = p.f(x)
-        (g,) = torch.autograd.grad(f.sum(), x)
-        f2, g2 = p.value_and_grad(x.detach())
-        torch.testing.assert_close(f2, f.detach(), rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(g2, g, rtol=1e-10, atol=1e-10)
-
-
+# value_and_grad against autograd, for every problem of the ensemble: test_task_conformance
 def test_problem_minima() -> None:
     ps = {p.name: p for p in build_problems()}
     t = lambda *v: torch.tensor([v], dtype=torch.float64)  # noqa: E731

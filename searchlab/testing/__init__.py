@@ -5,5 +5,7 @@
 * :mod:`searchlab.testing.faults` -- evaluators and functions that crash, hang or fail
   on purpose (executor and resume tests);
 * :mod:`searchlab.testing.conformance` -- the checks every strategy and every task must
-  pass, as plain functions an outside author calls from their own tests.
+  pass, as plain functions an outside author calls from their own tests
+  (:func:`~searchlab.testing.conformance.check_strategy`,
+  :func:`~searchlab.testing.conformance.check_task` and the single checks they run).
 """
