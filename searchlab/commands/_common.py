@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from ..app import say
 from ..config import COMPARE_KEYS, Config, ConfigError, config_reference, load_config
 
-__all__ = ["add_config_arguments", "fail", "load_or_fail", "reference_text", "say"]
+if TYPE_CHECKING:
+    from ..tracking import Tracker
+
+__all__ = ["add_config_arguments", "fail", "load_or_fail", "print_tracking", "reference_text",
+           "say"]
 
 
 def reference_text(prefix: str = "") -> str:
@@ -27,6 +32,15 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
                         "config=experiment/quick loads a ready experiment")
     p.add_argument("--config", metavar="FILE", default=None,
                    help="a YAML config file (applied after configs/default.yaml)")
+
+
+def print_tracking(tracker: "Tracker") -> None:
+    """Where the tracker logged and how to open it (nothing for trackers that say none)."""
+    where, hint = tracker.where(), tracker.open_hint()
+    if where:
+        print(f"MLflow:   {where}")
+    if hint:
+        print(f"open UI:  {hint}")
 
 
 def fail(command: str, message: str, code: int = 2) -> int:

@@ -16,7 +16,8 @@ import argparse
 import sys
 from typing import Any
 
-from ._common import add_config_arguments, fail, load_or_fail, reference_text, say
+from ._common import (add_config_arguments, fail, load_or_fail, print_tracking, reference_text,
+                      say)
 
 EXAMPLES = """\
 examples:
@@ -84,11 +85,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"report:   {folder}")
     for name in ("best_so_far.png", "rewards.png", "summary.csv", "summary.md"):
         print(f"          {files[name]}")
-    where, hint = tracker.where(), tracker.open_hint()
-    if where:
-        print(f"MLflow:   {where}")
-    if hint:
-        print(f"open UI:  {hint}")
+    print_tracking(tracker)
     print(f"re-report without re-running: searchlab compare report={folder}")
     sys.stdout.flush()
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import add_config_arguments, fail, load_or_fail, reference_text
+from ._common import add_config_arguments, fail, load_or_fail, print_tracking, reference_text
 
 EXAMPLES = """\
 examples:
@@ -58,11 +58,7 @@ def run(args: argparse.Namespace) -> int:
           f"stopped: {result.stopped}):")
     print(md_rules(best_results(result.results, cfg.top_k)))
     print(f"results:  {folder}")
-    where, hint = tracker.where(), tracker.open_hint()
-    if where:
-        print(f"MLflow:   {where}")
-    if hint:
-        print(f"open UI:  {hint}")
+    print_tracking(tracker)
     print(f"use rule: searchlab export source={folder}")
     if tracker.error:
         return fail("search", f"{tracker.error}; results were saved in {folder}", code=1)
