@@ -75,7 +75,12 @@ BUILTIN_STRATEGIES: dict[str, str] = {
 
 
 def _set_name(name: str, cls: "type[Strategy]") -> None:
-    if isinstance(cls, type) and issubclass(cls, Strategy) and not cls.__dict__.get("name"):
+    """Give a registered class its name, unless it computes its own (a ``name`` property
+    that encodes its options, e.g. ``nos-ppo[paper]``)."""
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        return
+    owner = next(c for c in cls.__mro__ if "name" in c.__dict__)
+    if not isinstance(owner.__dict__["name"], property):
         cls.name = name
 
 
