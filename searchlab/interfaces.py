@@ -13,10 +13,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from .dsl import Rule
     from .result import Result
 
-__all__ = ["Evaluator"]
+__all__ = ["BatchEvaluator", "Evaluator"]
 
 
 @runtime_checkable
@@ -38,4 +40,22 @@ class Evaluator(Protocol):
 
     def evaluate(self, rule: "Rule | str", seed: int) -> "Result":
         """The reward of ``rule`` with every random choice seeded by ``seed``."""
+        ...
+
+
+@runtime_checkable
+class BatchEvaluator(Evaluator, Protocol):
+    """An evaluator that can score several rules in one pass (population training).
+
+    ``evaluate_many(rules, seed)`` returns one result per rule, in order, equal to
+    ``[evaluate(r, seed) for r in rules]`` up to float rounding: each rule keeps its own
+    protocol (its own lr sweep, final run, divergence, time limit and noise).  The runner
+    sends chunks of at most ``max_batch`` fresh rules to it (``max_batch <= 1``: one rule
+    at a time, through ``evaluate``)."""
+
+    @property
+    def max_batch(self) -> int:
+        ...
+
+    def evaluate_many(self, rules: "Sequence[Rule | str]", seed: int) -> "list[Result]":
         ...

@@ -53,7 +53,7 @@ import numpy as np
 
 from .dsl import Rule, Space, TokenGrammarError, check_tokens, get_space
 from .executors import Executor, SerialExecutor, failure_result
-from .interfaces import Evaluator
+from .interfaces import BatchEvaluator, Evaluator
 from .result import FLOOR_REWARD, Result
 from .strategy import STRATEGIES, Strategy
 from .tracking import NullTracker, Tracker
@@ -83,6 +83,39 @@ class EvaluateTask:
             return Result(rule=rule.text, key=rule.key, reward=FLOOR_REWARD, status="error",
                           seed=self.seed, message=f"{type(e).__name__}: {e}\n"
                           + traceback.format_exc())
+
+
+@dataclass(frozen=True)
+class EvaluateChunk:
+    """The picklable callable the executor maps over *chunks* of fresh rules when the
+    evaluator trains several rules in one pass (:class:`~searchlab.interfaces.BatchEvaluator`).
+    A chunk is one executor item: it succeeds, fails or times out as a whole; an exception
+    inside ``evaluate_many`` falls back to evaluating the chunk's rules one by one, so a
+    bad rule costs only itself."""
+
+    evaluator: BatchEvaluator
+    seed: int
+
+    def __call__(self, rules: tuple[Rule, ...]) -> list[Result]:
+        try:
+            out = self.evaluator.evaluate_many(list(rules), self.seed)
+            if len(out) == len(rules):
+                return list(out)
+        except Exception:  # noqa: BLE001 - fall back to one at a time, below
+            pass
+        single = EvaluateTask(self.evaluator, self.seed)
+        return [single(r) for r in rules]
+
+
+def chunk_sizes(n: int, workers: int, max_batch: int) -> list[int]:
+    """How ``n`` fresh rules are split for ``workers`` workers: at least one chunk per
+    worker (so all of them are busy), no chunk above ``max_batch``, sizes as equal as
+    possible, larger chunks first."""
+    if n <= 0:
+        return []
+    k = max(min(n, max(1, workers)), -(-n // max(1, max_batch)))
+    base, extra = divmod(n, k)
+    return [base + 1] * extra + [base] * (k - extra)
 
 
 @dataclass(frozen=True)
@@ -187,6 +220,10 @@ class _Search:
                  progress: ProgressFn | None) -> None:
         self.space = space
         self.task = EvaluateTask(evaluator, eval_seed)
+        #: population training: chunks of fresh rules per executor item (None: one rule each)
+        self.batch_task = (EvaluateChunk(evaluator, eval_seed)
+                           if isinstance(evaluator, BatchEvaluator) and evaluator.max_batch > 1
+                           else None)
         # a dead worker or a timeout becomes a floor-reward result (executors docstring)
         self.on_failure = functools.partial(
             failure_result, seed=eval_seed, task=evaluator.task_name,
@@ -307,6 +344,21 @@ class _Search:
             else:
                 todo.append((i, rule))
         if not todo:
+            return out
+        batch = self.batch_task
+        if batch is not None and len(todo) > 1:
+            sizes = chunk_sizes(len(todo), self.executor.workers, batch.evaluator.max_batch)
+            bounds = np.cumsum([0] + sizes)
+            chunks = [tuple(r for _, r in todo[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+            def failed(chunk: tuple[Rule, ...], failure: Any) -> list[Result]:
+                return [self.on_failure(rule, failure) for rule in chunk]
+
+            for c, results in self.executor.imap_unordered(batch, chunks, on_failure=failed):
+                for k, res in enumerate(results):
+                    if self.on_evaluated is not None:
+                        self.on_evaluated(res)
+                    out[todo[int(bounds[c]) + k][0]] = res
             return out
         for j, res in self.executor.imap_unordered(self.task, [r for _, r in todo],
                                                    on_failure=self.on_failure):
