@@ -96,6 +96,9 @@ def load_learned(path: str | os.PathLike[str]) -> Learned:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path}: not a searchlab learned optimizer file (format {FORMAT})")
     model = build_model(data["kind"], **data["config"])
+    floats = [v.dtype for v in data["state_dict"].values() if v.is_floating_point()]
+    if floats:
+        model.to(floats[0])              # the dtype it was trained in (float64 usually)
     model.load_state_dict(data["state_dict"])
     model.eval()
     for p in model.parameters():

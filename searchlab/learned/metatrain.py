@@ -137,16 +137,20 @@ def _detach_state(state: dict) -> dict:
 
 def meta_train(cfg: MetaTrainConfig, out: str | Path, *, resume: bool = False,
                tracker: Any = None, progress: Callable[[int, int, float], None] | None = None,
+               on_update: Callable[[int, LearnedModel], None] | None = None,
                dtype: torch.dtype = torch.float64) -> Path:
     """Meta-train ``cfg.optimizer`` and save it to ``out`` (module docstring).  Returns the
-    saved file.  ``progress(done, total, loss)`` is called after every iteration."""
+    saved file.  ``progress(done, total, loss)`` is called after every iteration,
+    ``on_update(iteration, model)`` after every meta-update."""
     from .tracking import finish_meta, log_metrics
 
     out = Path(out)
     ckpt = out.with_name(out.name + ".ckpt")
     sampler = RunSampler(cfg.suite, cfg.copies, (cfg.lr_low, cfg.lr_high),
                          cfg.multitask_prob, cfg.rescale_prob)
-    model = build_model(cfg.optimizer, **cfg.options).to(dtype)
+    with torch.random.fork_rng(devices=[]):   # the initial meta-parameters: from the seed
+        torch.manual_seed(int(cfg.seed))
+        model = build_model(cfg.optimizer, **cfg.options).to(dtype)
     meta_opt = torch.optim.Adam(model.parameters(), lr=cfg.meta_lr)
     gen = torch.Generator().manual_seed(int(cfg.seed))
     it, cpu, wall, losses = 0, 0.0, 0.0, []
@@ -216,6 +220,8 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, *, resume: bool = False,
             if math.isfinite(grad_norm):
                 meta_opt.step()
                 model.project_()
+                if on_update is not None:
+                    on_update(it + 1, model)
         finite = math.isfinite(float(loss.detach())) and math.isfinite(grad_norm)
         if finite and all(bool(torch.isfinite(x).all()) for x in xs_new):
             xs = [x.detach() for x in xs_new]
