@@ -22,7 +22,7 @@ import math
 from functools import lru_cache
 
 from .nodes import Bin, Call, Const, Leaf, Node
-from .text import to_text
+from .text import check_limits, to_text
 
 _ALIASES = {"sign_g": Call("sign", Leaf("g")), "sign_m": Call("sign", Leaf("m"))}
 
@@ -167,5 +167,9 @@ def canonical(node: Node) -> Node:
 
 
 def canonical_key(node: Node) -> str:
-    """Text of the canonical tree: equal for rules that differ only by the rewrites above."""
+    """Text of the canonical tree: equal for rules that differ only by the rewrites above.
+    Raises :class:`~searchlab.dsl.ParseError` for a tree beyond the size limits
+    (:data:`~searchlab.dsl.text.MAX_DEPTH`, :data:`~searchlab.dsl.text.MAX_NODES`), which
+    the recursive rewrites could not handle."""
+    check_limits(node)
     return to_text(canonical(node))

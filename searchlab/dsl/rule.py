@@ -8,7 +8,7 @@ from typing import Sequence
 from .canonical import canonical, canonical_key
 from .nodes import Call, Leaf, Node, walk
 from .primitives import OPERANDS, is_decay_name
-from .text import parse_node, to_text
+from .text import check_limits, parse_node, to_text
 from .tokens import node_to_tokens, tokens_to_node
 
 
@@ -38,8 +38,11 @@ class Rule:
 
     @classmethod
     def from_tokens(cls, tokens: Sequence[str]) -> "Rule":
-        """Rule of a token sequence (groups of ``op1 op2 u1 u2 b``, paper 3.1)."""
-        return cls(tokens_to_node(list(tokens)))
+        """Rule of a token sequence (groups of ``op1 op2 u1 u2 b``, paper 3.1); raises
+        ``TokenGrammarError`` or, beyond the size limits, ``ParseError`` (both ``ValueError``)."""
+        node = tokens_to_node(list(tokens))
+        check_limits(node, " ".join(map(str, tokens)))
+        return cls(node)
 
     def to_tokens(self) -> tuple[str, ...]:
         """Token sequence of this rule; raises ``TokenGrammarError`` (a ``ValueError``)
@@ -58,6 +61,7 @@ class Rule:
 
     @cached_property
     def canonical(self) -> "Rule":
+        check_limits(self.node)
         return Rule(canonical(self.node))
 
     @cached_property

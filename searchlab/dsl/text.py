@@ -11,6 +11,11 @@ Grammar (lowest to highest precedence)::
 ``log`` and ``sqrt`` mean ``log|x|`` and ``sqrt|x|`` as in the paper; ``x/y`` is the
 protected ``x/(y+1e-8)``; ``left(x, y)`` is the keep-left binary function; ``clip(x, b)``
 and ``drop(x, p)`` take a numeric second argument.  ``**`` is accepted for ``^``.
+
+Size limits (:data:`MAX_DEPTH` levels of nesting, :data:`MAX_NODES` nodes,
+:data:`MAX_LENGTH` characters) keep every recursive pass over a tree far from Python's
+recursion limit; a rule beyond them is a :class:`ParseError` naming the limit (and the
+position), so evaluators score it ``invalid`` instead of raising ``RecursionError``.
 """
 
 from __future__ import annotations
@@ -18,18 +23,56 @@ from __future__ import annotations
 import math
 import re
 
-from .nodes import Bin, Call, Const, Leaf, Node
+from .nodes import Bin, Call, Const, Leaf, Node, children
 from .primitives import OPERANDS, is_decay_name
 
 
 class ParseError(ValueError):
-    """A rule's text could not be parsed; the message names the token and its position."""
+    """A rule's text could not be parsed; the message names the token and its position
+    (``position`` None: a rule tree too large, built without text)."""
 
-    def __init__(self, message: str, text: str, position: int) -> None:
+    def __init__(self, message: str, text: str, position: int | None) -> None:
         self.text = text
         self.position = position
+        if position is None:
+            super().__init__(message)
+            return
         caret = " " * position + "^"
         super().__init__(f"{message} at position {position}\n  {text}\n  {caret}")
+
+
+#: Limits of a rule (text or tree), so that every recursive pass over the tree (printer,
+#: canonical key, compiler, fingerprint) stays far below Python's recursion limit: the
+#: nesting depth (functions, parentheses, unary minus, each chained ``+ - * / ^``
+#: operator: a sum of n terms is n levels deep), the number of nodes (operands, numbers,
+#: functions and operators) and the length of the text.  Rules of the search spaces are
+#: far below them (depth <= 20, a few dozen nodes).
+MAX_DEPTH = 64
+MAX_NODES = 256
+MAX_LENGTH = 4000
+
+
+def _limit_error(what: str, value: int, limit: int, text: str, position: int | None
+                 ) -> ParseError:
+    why = (" (each function, parenthesis, unary minus and chained + - * / ^ operator adds a "
+           "level)" if what == "nesting depth" else "")
+    return ParseError(f"rule too large: {what} {value} exceeds the limit of {limit}{why}",
+                      text, position)
+
+
+def check_limits(node: Node, text: str = "") -> None:
+    """Raise :class:`ParseError` if the tree ``node`` is deeper than :data:`MAX_DEPTH` or
+    has more than :data:`MAX_NODES` nodes (iterative: never recurses itself)."""
+    count = 0
+    stack: list[tuple[Node, int]] = [(node, 1)]
+    while stack:
+        n, d = stack.pop()
+        count += 1
+        if d > MAX_DEPTH:
+            raise _limit_error("nesting depth", d, MAX_DEPTH, text, None)
+        if count > MAX_NODES:
+            raise _limit_error("node count", count, MAX_NODES, text, None)
+        stack.extend((c, d + 1) for c in children(n))
 
 
 #: Names of leaves the text syntax accepts (besides the generic ``cd_<n>``/``rd_<n>``).
@@ -40,6 +83,12 @@ LEAF_NAMES: frozenset[str] = frozenset(
 FUNCTIONS_1 = frozenset({"exp", "log", "sqrt", "sign", "sigmoid", "abs"})
 FUNCTIONS_PARAM = frozenset({"clip", "drop"})
 FUNCTIONS_2 = frozenset({"left"})
+#: what the second argument of a two-argument function is, for error messages
+_SECOND_ARGUMENT = {
+    "clip": "clip needs a bound: clip(x, b) with a number b > 0, e.g. clip(g, 1e-4)",
+    "drop": "drop needs a probability: drop(x, p) with a number 0 <= p < 1, e.g. drop(g, 0.1)",
+    "left": "left needs two arguments: left(x, y) keeps x",
+}
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
@@ -73,9 +122,25 @@ def _tokenize(text: str) -> list[tuple[str, str, int]]:
 
 class _Parser:
     def __init__(self, text: str) -> None:
+        if len(text) > MAX_LENGTH:
+            raise _limit_error("length", len(text), MAX_LENGTH, text[:60] + " ...", None)
         self.text = text
         self.tokens = _tokenize(text)
         self.i = 0
+        self.nesting = 0                       # recursion depth of unary() (see MAX_DEPTH)
+        self.depth: dict[int, int] = {}        # id(node) -> depth of its subtree
+        self.nodes = 0
+
+    def made(self, node: Node, pos: int) -> Node:
+        """Account for a new node at text position ``pos``; enforce the limits."""
+        d = 1 + max((self.depth[id(c)] for c in children(node)), default=0)
+        self.nodes += 1
+        if d > MAX_DEPTH:
+            raise _limit_error("nesting depth", d, MAX_DEPTH, self.text, pos)
+        if self.nodes > MAX_NODES:
+            raise _limit_error("node count", self.nodes, MAX_NODES, self.text, pos)
+        self.depth[id(node)] = d
+        return node
 
     # -- helpers ------------------------------------------------------------------
     def peek(self) -> tuple[str, str, int]:
@@ -110,30 +175,41 @@ class _Parser:
     def expr(self) -> Node:
         node = self.term()
         while self.peek()[1] in ("+", "-") and self.peek()[0] == "op":
-            op = "add" if self.next()[1] == "+" else "sub"
-            node = Bin(op, node, self.term())
+            tok = self.next()
+            op = "add" if tok[1] == "+" else "sub"
+            node = self.made(Bin(op, node, self.term()), tok[2])
         return node
 
     def term(self) -> Node:
         node = self.unary()
         while self.peek()[1] in ("*", "/") and self.peek()[0] == "op":
-            op = "mul" if self.next()[1] == "*" else "div"
-            node = Bin(op, node, self.unary())
+            tok = self.next()
+            op = "mul" if tok[1] == "*" else "div"
+            node = self.made(Bin(op, node, self.unary()), tok[2])
         return node
 
     def unary(self) -> Node:
-        if self.peek()[1] == "-" and self.peek()[0] == "op":
-            self.next()
-            return Call("neg", self.unary())
-        if self.peek()[1] == "+" and self.peek()[0] == "op":
-            raise self.fail(self.peek(), "an operand (unary plus is not part of the syntax)")
-        return self.power()
+        # every nested construct (parentheses, function calls, '-', '^') passes through
+        # here: bounding this recursion bounds the parser's
+        self.nesting += 1
+        try:
+            if self.nesting > MAX_DEPTH:
+                raise _limit_error("nesting depth", self.nesting, MAX_DEPTH, self.text,
+                                   self.peek()[2])
+            if self.peek()[1] == "-" and self.peek()[0] == "op":
+                tok = self.next()
+                return self.made(Call("neg", self.unary()), tok[2])
+            if self.peek()[1] == "+" and self.peek()[0] == "op":
+                raise self.fail(self.peek(), "an operand (unary plus is not part of the syntax)")
+            return self.power()
+        finally:
+            self.nesting -= 1
 
     def power(self) -> Node:
         node = self.atom()
         if self.peek()[1] == "^" and self.peek()[0] == "op":
-            self.next()
-            node = Bin("pow", node, self.unary())
+            tok = self.next()
+            node = self.made(Bin("pow", node, self.unary()), tok[2])
         return node
 
     def number(self) -> float:
@@ -152,7 +228,7 @@ class _Parser:
         tok = self.next()
         kind, value, pos = tok
         if kind == "num":
-            return Const(self._to_float(tok))
+            return self.made(Const(self._to_float(tok)), pos)
         if kind == "op" and value == "(":
             node = self.expr()
             self.expect(")")
@@ -164,7 +240,7 @@ class _Parser:
                 raise ParseError(f"function {value!r} needs an argument list, e.g. {value}(g)",
                                  self.text, pos)
             if value in LEAF_NAMES or is_decay_name(value):
-                return Leaf(value)
+                return self.made(Leaf(value), pos)
             raise ParseError(
                 f"unknown name {value!r} (operands: {', '.join(sorted(LEAF_NAMES))}, "
                 "cd_<n>, rd_<n>)", self.text, pos)
@@ -180,20 +256,28 @@ class _Parser:
         arg = self.expr()
         if fn in FUNCTIONS_1:
             self.expect(")")
-            return Call(fn, arg)
-        self.expect(",")
+            return self.made(Call(fn, arg), pos)
+        tok = self.peek()
+        if tok[1] != "," or tok[0] != "op":
+            found = repr(tok[1]) if tok[0] != "end" else "the end of the rule"
+            raise ParseError(f"{_SECOND_ARGUMENT[fn]}; found {found} where ',' was expected",
+                             self.text, tok[2])
+        self.next()
         if fn in FUNCTIONS_2:
             right = self.expr()
             self.expect(")")
-            return Bin(fn, arg, right)
+            return self.made(Bin(fn, arg, right), pos)
         ptok = self.peek()
+        if ptok[0] != "num":
+            found = repr(ptok[1]) if ptok[0] != "end" else "the end of the rule"
+            raise ParseError(f"{_SECOND_ARGUMENT[fn]}; found {found}", self.text, ptok[2])
         param = self.number()
         if fn == "clip" and not param > 0:
             raise ParseError(f"clip bound must be > 0, got {ptok[1]}", self.text, ptok[2])
         if fn == "drop" and not 0 <= param < 1:
             raise ParseError(f"drop probability must be in [0, 1), got {ptok[1]}", self.text, ptok[2])
         self.expect(")")
-        return Call(fn, arg, param)
+        return self.made(Call(fn, arg, param), pos)
 
 
 def parse_node(text: str) -> Node:
