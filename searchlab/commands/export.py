@@ -11,6 +11,7 @@ The snippet defines ``RULE``, ``LR`` and ``make_optimizer(params, ...)`` returni
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -36,21 +37,45 @@ class ExportOptions(BaseModel):
     uri: str | None = Field(None, description="tracking URI, for a source given as an MLflow experiment name")
 
 
+def _doc_text(value: Any) -> str:
+    """``value`` as text that is safe inside the module's triple-quoted docstring and
+    reads back as the same characters: backslashes, quotes, newlines, control and
+    non-ASCII characters are escaped, so data from a results.json never becomes code."""
+    return str(value).encode("unicode_escape").decode("ascii").replace('"', '\\"')
+
+
+def usage_call(rule_text: str) -> str:
+    """How to call the exported ``make_optimizer`` for ``rule_text`` (decay operands need
+    ``total_steps``)."""
+    from ..dsl import parse
+
+    if parse(rule_text).uses_decay:
+        return "make_optimizer(model.parameters(), total_steps=epochs * len(loader))"
+    return "make_optimizer(model.parameters())"
+
+
 def snippet(rule_text: str, lr: float, origin: str = "") -> str:
-    """The Python source of an optimizer module for ``rule_text``."""
+    """The Python source of an optimizer module for ``rule_text``.  Every value written
+    into the code is a ``repr`` (``RULE``, ``LR``) or escaped (the docstring), so a crafted
+    rule, task, fidelity or source name cannot add a statement to the module."""
+    import math
+
     from ..dsl import parse
 
     rule = parse(rule_text)
+    lr = float(lr)
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"learning rate must be a positive number, got {lr!r}")
     decay = getattr(rule, "uses_decay", False)
     total = "total_steps: int | None = None" if not decay else "total_steps: int"
     note = ("\nThe rule reads a decay operand (ld, cd, rd, eps_t): pass total_steps = the number "
             "of\noptimizer steps of your training run.\n" if decay else "")
-    call = ("make_optimizer(model.parameters(), total_steps=epochs * len(loader))" if decay
-            else "make_optimizer(model.parameters())")
-    origin_line = f"\n{origin}\n" if origin else "\n"
-    return f'''"""Update rule {rule} as a torch optimizer (exported by `searchlab export`).
+    call = usage_call(rule_text)
+    text = _doc_text(rule)
+    origin_line = f"\n{_doc_text(origin)}\n" if origin else "\n"
+    return f'''"""Update rule {text} as a torch optimizer (exported by `searchlab export`).
 {origin_line}
-    w <- w - lr * ({rule})
+    w <- w - lr * ({text})
 {note}
 Usage:
     opt = {call}
@@ -73,7 +98,7 @@ def make_optimizer(params, lr: float = LR, *, {total}, **kwargs) -> RuleOptimize
 def _pick(opts: ExportOptions) -> tuple[str, float | None, str]:
     """(rule text, best lr, origin description) from ``source`` and ``rank``."""
     from ..mlflow_tracker import check_tracking_uri, load_runs_from_mlflow, resolve_tracking_uri
-    from ..runfiles import best_results, load_runs
+    from ..runfiles import best_results, load_runs, reward_value
 
     assert opts.source is not None
     src = Path(opts.source)
@@ -99,10 +124,13 @@ def _pick(opts: ExportOptions) -> tuple[str, float | None, str]:
         raise ConfigError(f"rank={opts.rank}: {opts.source!r} has only {len(best)} "
                           "successfully evaluated rule(s)")
     r = best[opts.rank - 1]
+    best_lr = r.best_lr if isinstance(r.best_lr, (int, float)) and not isinstance(
+        r.best_lr, bool) and math.isfinite(r.best_lr) and r.best_lr > 0 else None
     where = f"{r.task}/{r.fidelity}" if r.task else "the search"
-    lr_text = f" at lr {r.best_lr:g}" if r.best_lr is not None else ""
-    origin = (f"Rank {opts.rank} of {opts.source}: reward {r.reward:.4f}{lr_text} on {where}.")
-    return r.rule, r.best_lr, origin
+    lr_text = f" at lr {best_lr:g}" if best_lr is not None else ""
+    origin = (f"Rank {opts.rank} of {opts.source}: reward {reward_value(r.reward):.4f}{lr_text} "
+              f"on {where}.")
+    return str(r.rule), best_lr, origin
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -137,9 +165,13 @@ def run(args: argparse.Namespace) -> int:
             text, best_lr, origin = opts.rule, None, ""
         else:
             text, best_lr, origin = _pick(opts)
+        try:
+            code = snippet(text, opts.lr or best_lr or 1e-3, origin)
+        except ValueError as e:     # ParseError: a results.json with a rule that does not parse
+            first = str(e).strip().splitlines()[0]
+            raise ConfigError(f"cannot export rule {text!r} ({first})") from None
     except (ConfigError, TrackingError) as e:
         return fail("export", str(e))
-    code = snippet(text, opts.lr or best_lr or 1e-3, origin)
     if opts.out:
         path = Path(opts.out)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         module = path.stem
         print(f"wrote {path}: rule {text}")
         print(f"use it:  from {module} import make_optimizer   # with {path.parent or '.'} on sys.path")
-        print("         opt = make_optimizer(model.parameters())")
+        print(f"         opt = {usage_call(text)}")
     else:
         sys.stdout.write(code)
         say("(save it with out=FILE.py; then `from FILE import make_optimizer`)")
