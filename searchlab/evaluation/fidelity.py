@@ -160,5 +160,11 @@ def get_fidelity(fidelity: "str | Fidelity") -> Fidelity:
         if not sep or k not in valid:
             raise ValueError(f"bad fidelity override {item!r} in {fidelity!r}; "
                              f"write name+field=value,...; fields: {', '.join(valid)}")
-        changes[k] = _parse_value(k, v.strip())
+        try:
+            changes[k] = _parse_value(k, v.strip())
+        except ValueError:
+            kind = ("numbers separated by '/', e.g. lrs=0.001/0.01/0.1" if k == "lrs" else
+                    "a number" if k == "time_limit" else "a whole number (or None)")
+            raise ValueError(f"bad value {v.strip()!r} for fidelity field {k!r} in "
+                             f"{fidelity!r}: expected {kind}") from None
     return fid.with_(**changes)
