@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -82,6 +83,16 @@ class RuleOptimizer(BucketedOptimizer):
         return st
 
     def _update(self, bucket: Bucket, group: dict[str, Any], lr: float) -> None:
+        total = group["total_steps"]
+        if (total is not None and bucket.step >= total and self.compiled.uses_decay
+                and not getattr(self, "_warned_past_total", False)):
+            self._warned_past_total = True   # once per optimizer
+            warnings.warn(
+                f"RuleOptimizer: step {bucket.step + 1} is past total_steps={total}; the "
+                f"decay operands of {self.rule.text!r} stay at their final value (ld and cd "
+                "are 0 there, so updates may be 0): pass the real number of steps as "
+                "total_steps", RuntimeWarning, stacklevel=5)
+
         def apply(b: Bucket, noise: list[list[Tensor]] | None) -> None:
             self.compiled.apply_update(b.params, b.grads, b.buffers, b.step, lr,
                                        group["total_steps"], self.generator, group["betas"],
