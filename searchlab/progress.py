@@ -19,7 +19,9 @@ from tqdm.auto import tqdm
 
 __all__ = ["CompareProgress", "SearchProgress", "eta_text"]
 
-_FORMAT = "{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} samples [{elapsed}<{remaining}{postfix}]"
+#: tqdm's own ``{remaining}`` is left out: the postfix carries the ETA (from the clock
+#: restarted when the search loop begins), so the bar shows one ETA, not two
+_FORMAT = "{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} samples [{elapsed}{postfix}]"
 
 
 def eta_text(done: int, total: int, seconds: float) -> str:
