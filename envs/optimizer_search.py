@@ -16,9 +16,19 @@ network).  The env is a thin adapter over :mod:`searchlab.dsl` and an evaluation
   policies get the position; not ``MultiDiscrete``, which crashes ``RecurrentPPO`` on
   torch 2.13;
 * reward ``0.0`` until the last token, then the evaluator's reward (a Python ``float``);
-* ``info`` of every step: ``position``, ``tokens`` so far; of the terminal step also
-  ``rule`` (text), ``key`` (canonical), ``status``, ``best_lr``, ``cost`` (seconds of
-  evaluation), ``result`` (the :class:`~searchlab.result.Result`).
+* ``info`` of ``reset`` and of every step: ``position``, ``tokens`` so far and
+  ``action_mask`` (the mask of the next token as a list of bools, Gymnasium's
+  ``info["action_mask"]`` convention; all ``False`` once the rule is complete;
+  ``env.action_space.sample(np.array(info["action_mask"], dtype=np.int8))`` samples a
+  valid token); of the terminal step also ``rule`` (text), ``key`` (canonical),
+  ``status``, ``best_lr``, ``cost`` (seconds of evaluation) and ``result``: the
+  :class:`~searchlab.result.Result` as a :class:`ResultInfo`, a JSON dict
+  (:func:`~searchlab.result.result_to_json`) that also reads as the Result
+  (``info["result"].reward``, ``.cached``; ``.result`` is the object itself).  Every
+  info dict is plain JSON data: ``json.dumps(info)`` works (no numpy types, no objects);
+* ``render()`` (``render_mode="ansi"``): the tokens written so far and the rule they
+  decode to (its complete groups), and, after the last token, the evaluation's status
+  and reward.
 
 Masked-out actions (documented policy).  SB3's ``check_env`` and agents without mask
 support (``RecurrentPPO``) pick actions the mask forbids.  Such an action does not raise:
@@ -48,11 +58,38 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+import math
+
 from searchlab.dsl import Rule, Space, get_space, valid_next_tokens
+from searchlab.dsl.tokens import GROUP
 from searchlab.interfaces import Evaluator
-from searchlab.result import FLOOR_REWARD, Result
+from searchlab.result import FLOOR_REWARD, Result, result_to_json
 
 EvaluateFn = Callable[[list[Rule]], list[Result]]
+
+
+class ResultInfo(dict):
+    """``info["result"]`` of a terminal step: the :class:`~searchlab.result.Result` as a
+    JSON dict (:func:`~searchlab.result.result_to_json`, so ``json.dumps(info)`` works)
+    that also reads as the Result: attributes are the Result's (``.reward``, ``.cached``,
+    ``.ok``), ``.result`` is the Result object."""
+
+    def __init__(self, result: Result) -> None:
+        super().__init__(result_to_json(result))
+        self.result = result
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "result":   # pickling/copying probe dunders
+            raise AttributeError(name)
+        return getattr(self.result, name)
+
+
+def _number(x: Any) -> float | None:
+    """A finite float, or None (JSON has no NaN)."""
+    if x is None:
+        return None
+    v = float(x)
+    return v if math.isfinite(v) else None
 
 
 class OptimizerSearchEnv(gym.Env):
@@ -71,7 +108,7 @@ class OptimizerSearchEnv(gym.Env):
         evaluator: an object with ``evaluate(rule, seed) -> Result`` to use as is.
         eval_seed: seed of the env's own evaluations (None: drawn from ``reset(seed)``).
         task_options: extra keyword arguments of the env's own evaluator.
-        render_mode: ``None`` or ``"ansi"`` (the tokens written so far).
+        render_mode: ``None`` or ``"ansi"`` (the tokens written so far and the decoded rule).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -104,6 +141,8 @@ class OptimizerSearchEnv(gym.Env):
         self._tokens: list[str] = []
         self._done = True
         self._episode_seed = 0 if eval_seed is None else eval_seed
+        self._last: Result | None = None      # the finished episode's result (render)
+        self._last_status: str | None = None
 
     def _build_evaluator(self) -> Evaluator:
         from searchlab.evaluators import make_evaluator
@@ -122,6 +161,12 @@ class OptimizerSearchEnv(gym.Env):
         """Valid next tokens (``True`` = allowed); all ``False`` once the rule is complete."""
         return valid_next_tokens(self.space, self._tokens)
 
+    def _info(self) -> dict[str, Any]:
+        """``position``, ``tokens`` and ``action_mask`` (JSON types)."""
+        mask = self.action_masks() if not self._done else np.zeros(self.vocab_size, bool)
+        return {"position": len(self._tokens), "tokens": tuple(self._tokens),
+                "action_mask": [bool(x) for x in mask]}
+
     @property
     def tokens(self) -> tuple[str, ...]:
         """Tokens written so far in this episode."""
@@ -133,9 +178,10 @@ class OptimizerSearchEnv(gym.Env):
         super().reset(seed=seed)
         self._tokens = []
         self._done = False
+        self._last, self._last_status = None, None
         if self.eval_seed is None:
             self._episode_seed = int(self.np_random.integers(0, 2**31 - 1))
-        return self._obs(), {"position": 0, "tokens": ()}
+        return self._obs(), self._info()
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self._done:
@@ -146,20 +192,23 @@ class OptimizerSearchEnv(gym.Env):
         if not self.action_masks()[a]:
             # documented policy: a masked-out token ends the episode as invalid
             self._done = True
+            self._last_status = "invalid"
             bad = self.space.vocab[a]
-            info = {"position": len(self._tokens), "tokens": tuple(self._tokens),
+            info = {**self._info(),
                     "rule": " ".join(self._tokens + [bad]), "key": "", "status": "invalid",
                     "best_lr": None, "cost": 0.0, "result": None,
                     "message": f"token {bad!r} is masked out at position {len(self._tokens)}"}
             return self._obs(), float(FLOOR_REWARD), True, False, info
         self._tokens.append(self.space.vocab[a])
-        info: dict[str, Any] = {"position": len(self._tokens), "tokens": tuple(self._tokens)}
         if len(self._tokens) < self.length:
-            return self._obs(), 0.0, False, False, info
+            return self._obs(), 0.0, False, False, self._info()
         self._done = True
         result = self._run(Rule.from_tokens(self._tokens))
-        info.update(rule=result.rule, key=result.key, status=result.status,
-                    best_lr=result.best_lr, cost=float(result.seconds), result=result)
+        self._last, self._last_status = result, result.status
+        info: dict[str, Any] = self._info()
+        info.update(rule=str(result.rule), key=str(result.key), status=str(result.status),
+                    best_lr=_number(result.best_lr), cost=_number(result.seconds) or 0.0,
+                    result=ResultInfo(result))
         return self._obs(), float(result.reward), True, False, info
 
     def _run(self, rule: Rule) -> Result:
@@ -168,9 +217,27 @@ class OptimizerSearchEnv(gym.Env):
         return self._evaluator.evaluate(rule, self._episode_seed)
 
     def render(self) -> str | None:
-        if self.render_mode == "ansi":
-            return " ".join(self._tokens) + "\n"
-        return None
+        """``render_mode="ansi"``: the tokens so far, the rule they decode to (the complete
+        groups; the whole rule after the last token) and, at the end, status and reward."""
+        if self.render_mode != "ansi":
+            return None
+        n = len(self._tokens)
+        lines = [f"tokens ({n}/{self.length}): {' '.join(self._tokens) or '-'}"]
+        group = GROUP
+        done = (n // group) * group
+        if done:
+            try:
+                text = Rule.from_tokens(self._tokens[:done]).text
+            except ValueError:
+                text = "(not decodable)"
+            k = done // group
+            lines.append(f"rule: {text}" if done == self.length else
+                         f"rule so far ({k} complete group{'s' if k > 1 else ''}): {text}")
+        if self._last is not None:
+            lines.append(f"status {self._last.status}, reward {float(self._last.reward):.4f}")
+        elif self._last_status == "invalid":
+            lines.append("status invalid (a masked-out token ended the episode)")
+        return "\n".join(lines) + "\n"
 
     # --- helpers for agents ------------------------------------------------------------
     def set_evaluate(self, evaluate: EvaluateFn | None) -> None:
