@@ -18,6 +18,7 @@ from typing import Any
 
 from ._common import (add_config_arguments, fail, load_or_fail, print_tracking, reference_text,
                       say)
+from .search import components_text
 
 EXAMPLES = """\
 examples:
@@ -35,7 +36,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                                    "and budget, then write plots (best reward vs unique "
                                    "evaluations with 95% bootstrap bands; reward per sample) "
                                    "and tables (CSV, Markdown) and log them to MLflow.",
-                       epilog=EXAMPLES + "\n" + reference_text(),
+                       epilog=EXAMPLES + "\n" + components_text() + "\n\n" + reference_text(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p)
     return p

@@ -7,6 +7,7 @@ prints.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from ._common import add_config_arguments, fail, load_or_fail, print_tracking, reference_text
@@ -24,12 +25,36 @@ examples:
 """
 
 
+def components_text() -> str:
+    """The strategies, tasks, fidelities and spaces by name, for ``--help``: from the
+    registries' ``names()``, which import no strategy, task or training module (so
+    ``searchlab search --help`` stays fast: bench/startup.py)."""
+    from ..config import CONFIG_DIR
+    from ..dsl import SPACES
+    from ..evaluation.fidelity import FIDELITIES
+    from ..evaluators import task_names
+    from ..strategy import STRATEGIES
+
+    names = STRATEGIES.names()
+    variants = sorted(p.stem for p in (Path(CONFIG_DIR) / "strategy").glob("*.yaml")
+                      if p.stem not in names)
+    lines = ["components (by name: strategy=NAME task=NAME fidelity=NAME space=NAME):",
+             f"  strategies  {', '.join(sorted(names))}"]
+    if variants:
+        lines.append(f"              presets in configs/strategy/: {', '.join(variants)}")
+    lines += [f"  tasks       {', '.join(task_names())}  (toy: a microsecond test objective)",
+              f"  fidelities  {', '.join(sorted(FIDELITIES.names()))}  (or overrides: "
+              "fidelity.options.final_epochs=5)",
+              f"  spaces      {', '.join(sorted(SPACES))}"]
+    return "\n".join(lines)
+
+
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="run one search (strategy x task), logged to MLflow",
                        description="Run one search: the strategy asks for rules, the evaluator "
                                    "scores them, every sample is logged to MLflow and the "
                                    "results are written to the output folder.",
-                       epilog=EXAMPLES + "\n" + reference_text(),
+                       epilog=EXAMPLES + "\n" + components_text() + "\n\n" + reference_text(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p)
     return p
