@@ -21,9 +21,35 @@ EPILOG = """examples:
   searchlab evaluate "exp(sign(g)*sign(m))*g"
   searchlab evaluate adam --task cifar10 --fidelity paper --data-dir cifar10-jpeg.tar.gz
   searchlab evaluate "(1+sign(g)*sign(m))*g" --task ensemble --json
+  searchlab evaluate "(1+sign(g)*sign(m))*g" task=ensemble seed=3 json=true
+
+argument style: every option is a --flag here and may also be written key=value, the
+style of the other commands (search, compare, export, ui): task=ensemble is --task
+ensemble, data_dir=DIR is --data-dir DIR, json=true is --json.  An unparsable rule stops
+with one error line and exit code 2.
 
 tasks: mnist1d (default), cifar10, rosenbrock, ensemble; fidelities: fast (default),
 paper, smoke, or overrides such as "fast+final_epochs=5,lrs=0.001/0.01/0.1"."""
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Accepts ``key=value`` words between the flags (``RULE --task t seed=3``):
+    ``argparse`` would otherwise reject positionals after an optional."""
+
+    _inner = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._inner:        # parse_known_intermixed_args calls parse_known_args itself
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
+#: the flags that ``key=value`` words may set: dest -> argparse action
+_ACTIONS: dict[str, argparse.Action] = {}
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -55,7 +81,43 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not read or write the reward cache")
     p.add_argument("--keep-invalid", action="store_true",
                    help="train rules that fail the probe (NaN/zero/ascent updates) instead of scoring them invalid")
+    p.add_argument("options", nargs="*", metavar="key=value",
+                   help="the flags above as key=value words (task=ensemble seed=3 json=true)")
+    p.__class__ = _IntermixedParser
+    _ACTIONS.clear()
+    _ACTIONS.update({a.dest: a for a in p._actions
+                     if a.option_strings and a.dest not in ("help",)})
     return p
+
+
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+def apply_words(args: argparse.Namespace) -> None:
+    """Set the flags named by ``args.options`` (``key=value`` words); raises
+    ``ValueError`` naming the key for an unknown key or a bad value."""
+    for word in getattr(args, "options", None) or ():
+        key, sep, value = word.partition("=")
+        dest = key.strip().lstrip("-").replace("-", "_")
+        if dest == "sequential":                 # --sequential is batched=false
+            dest, value = "batched", ("false" if value.strip().lower() in _TRUE else "true")
+        action = _ACTIONS.get(dest)
+        if not sep or action is None:
+            names = ", ".join(sorted(_ACTIONS))
+            raise ValueError(f"unknown option {word!r}; key=value options: {names} "
+                             "(or the --flags of `searchlab evaluate --help`)")
+        value = value.strip()
+        if action.nargs == 0:                    # store_true / store_false flags
+            low = value.lower()
+            if low not in _TRUE + _FALSE:
+                raise ValueError(f"bad value for {dest!r}: {value!r} (true or false)")
+            setattr(args, dest, low in _TRUE)
+            continue
+        try:
+            setattr(args, dest, action.type(value) if action.type else value)
+        except (TypeError, ValueError):
+            kind = getattr(action.type, "__name__", "value")
+            raise ValueError(f"bad value for {dest!r}: {value!r} (expected {kind})") from None
 
 
 def _fmt(x: Any, digits: int = 4) -> str:
@@ -118,10 +180,21 @@ def _load_with_notice(ev: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..cache import RewardCache, default_cache_path
+    from ..dsl import ParseError, parse
     from ..result import result_to_json
     from ..evaluate import Evaluator
     from ..tasks import DataNotFoundError
+    from ._common import fail
 
+    try:
+        apply_words(args)
+    except ValueError as exc:
+        return fail("evaluate", str(exc))
+    try:
+        parse(args.rule)
+    except ParseError as exc:   # an unparsable rule is the user's mistake: no reward table
+        first = str(exc).strip().splitlines()[0]
+        return fail("evaluate", f"bad rule {args.rule!r}: {first}")
     options: dict[str, Any] = {}
     if args.task == "cifar10":
         if args.data_dir is not None:
@@ -131,9 +204,8 @@ def run(args: argparse.Namespace) -> int:
         if args.max_examples is not None:
             options["max_examples"] = args.max_examples
     elif args.data_dir or args.download or args.max_examples:
-        print(f"searchlab evaluate: --data-dir/--download/--max-examples apply to cifar10, "
-              f"not {args.task}", file=sys.stderr)
-        return 2
+        return fail("evaluate", f"--data-dir/--download/--max-examples apply to cifar10, "
+                                f"not {args.task}")
     cache = None if args.no_cache else RewardCache(args.cache or default_cache_path())
     try:
         from ..tasks import TASKS
@@ -148,12 +220,10 @@ def run(args: argparse.Namespace) -> int:
             _load_with_notice(ev)
         result = ev.evaluate(args.rule, args.seed, test=args.test)
     except DataNotFoundError as exc:
-        print(f"searchlab evaluate: {exc}", file=sys.stderr)
-        return 2
+        return fail("evaluate", str(exc))
     except (KeyError, ValueError, TypeError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"searchlab evaluate: {msg}", file=sys.stderr)
-        return 2
+        return fail("evaluate", str(msg))
     if args.json:
         print(json.dumps(result_to_json(result), indent=2))
     else:
