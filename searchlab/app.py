@@ -126,7 +126,40 @@ def build_strategy(cfg: Config, label: str | None = None) -> "Strategy":
         text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
         where = f" ({label})" if label and label != cfg.strategy.name else ""
         raise ConfigError(f"bad strategy.options for {cfg.strategy.name!r}{where}: "
-                          f"{text.splitlines()[0] if text else type(e).__name__}") from None
+                          f"{text.splitlines()[0] if text else type(e).__name__}"
+                          f"{_options_hint(cfg.strategy.name, cfg.strategy.options, text)}"
+                          ) from None
+
+
+def _options_hint(name: str, options: Mapping[str, Any], message: str) -> str:
+    """``"; valid options: a, b; did you mean 'population'?"`` for a strategy's bad
+    options: the keyword parameters of its ``__init__`` (``inspect``), plus the names its
+    error message lists (options a strategy takes through ``**options``)."""
+    import difflib
+    import inspect
+    import re
+
+    from .strategy import STRATEGIES
+
+    try:
+        params = inspect.signature(STRATEGIES.get(name).__init__).parameters.values()
+    except (KeyError, TypeError, ValueError):
+        return ""
+    valid = [p.name for p in params if p.name not in ("self", "space", "seed")
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    listed = [w for w in re.findall(r"'([A-Za-z_]\w*)'", message)
+              if w not in options and w not in valid]
+    candidates = valid + listed
+    hint = ""
+    if valid and "valid" not in message:
+        hint += f"; valid options: {', '.join(valid)}"
+    elif not candidates and "no options" not in message:
+        hint += f"; {name!r} takes no options"
+    for bad in (k for k in options if k not in candidates):
+        close = difflib.get_close_matches(bad, candidates, n=1, cutoff=0.6)
+        if close:
+            hint += f"; did you mean {close[0]!r} instead of {bad!r}?"
+    return hint
 
 
 def build_executor(cfg: Config) -> "Executor":
@@ -215,6 +248,7 @@ def run_one_search(cfg: Config, *, label: str | None = None, out: str | os.PathL
     if tracker is None:
         tracker = build_tracker(cfg, experiment, run_name)   # fails fast on a bad URI
     evaluator = build_evaluator(cfg)
+    _check_task_data(evaluator)             # missing data stops here, not as N error samples
     strategy = build_strategy(cfg, label)
     if strategy.warmup and cfg.budget <= strategy.warmup:
         say(f"warning: {label}: budget {cfg.budget} is at or below its warm-up of "
@@ -254,6 +288,7 @@ def run_one_search(cfg: Config, *, label: str | None = None, out: str | os.PathL
         executor.close()
         if bar is not None:
             bar.close()
+    _warn_if_all_errored(label, result.results)
     summary = {**result.summary(), "label": label, "task": cfg.task.name,
                "fidelity": evaluator.protocol, "space": cfg.space.name,
                "experiment": experiment, "config": cfg.model_dump(mode="json")}
@@ -267,6 +302,33 @@ def run_one_search(cfg: Config, *, label: str | None = None, out: str | os.PathL
     if resume_dir is None:
         _write_config(folder, cfg)
     return result, folder, tracker
+
+
+def _check_task_data(evaluator: "Evaluator") -> None:
+    """Load the task's data before the search (as ``searchlab evaluate`` does): missing
+    data (``DataNotFoundError``) becomes one :class:`ConfigError` line."""
+    from .tasks import DataNotFoundError
+
+    load = getattr(evaluator, "load", None)
+    if load is None:           # e.g. the toy evaluator: no data
+        return
+    try:
+        load()
+    except DataNotFoundError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _warn_if_all_errored(label: str, results: Sequence[Any]) -> None:
+    """Say so when every counted sample of a search ended with status ``error``: the
+    search measured nothing (a broken task, data or environment, not bad rules)."""
+    counted = [r for r in results if not (isinstance(r.extra, dict)
+                                          and r.extra.get("over_budget"))]
+    if not counted or any(r.status != "error" for r in counted):
+        return
+    lines = (counted[0].message or "").strip().splitlines()
+    cause = f"; the first one: {lines[-1][:300]}" if lines else ""
+    say(f"warning: {label}: every one of the {len(counted)} samples ended with status "
+        f"'error' (nothing was measured){cause}; see the message column of results.csv")
 
 
 def rescore_best(cfg: Config, evaluator: "Evaluator", result: "SearchResult",
