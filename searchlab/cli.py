@@ -9,8 +9,14 @@ import os
 import sys
 from typing import Sequence
 
+from . import __version__
+
 #: sub-commands in the order ``--help`` lists them
-COMMANDS: tuple[str, ...] = ("demo", "evaluate", "search", "compare", "ui", "export")
+COMMANDS: tuple[str, ...] = ("demo", "evaluate", "search", "compare", "list", "show", "ui",
+                             "export")
+#: commands whose module is not ``searchlab.commands.<command>`` (a module named ``list``
+#: would shadow the builtin inside the package)
+MODULES: dict[str, str] = {"list": "runs_list"}
 
 
 def _quiet_third_parties() -> None:
@@ -24,9 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="searchlab",
         description="Search, compare and use optimizer update rules (Neural Optimizer Search).")
+    parser.add_argument("--version", action="version", version=f"searchlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        module = importlib.import_module(f"searchlab.commands.{name}")
+        module = importlib.import_module(f"searchlab.commands.{MODULES.get(name, name)}")
         p = module.add_parser(sub)
         p.set_defaults(_run=module.run)
     return parser
