@@ -19,6 +19,7 @@ model's options (``options.param_hidden=8``).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         if bar.n == 0 and done > 1:
             bar.update(done - 1)            # resumed
         bar.update(1)
-        if loss == loss:
+        if math.isfinite(loss):
             ema[:] = [loss if not ema else 0.9 * ema[0] + 0.1 * loss]
         bar.set_postfix_str(f"loss {ema[0]:.3f}" if ema else "loss -")
 

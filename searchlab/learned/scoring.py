@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from ..result import FLOOR_REWARD, Result
-from ..tasks.base import ClassificationTask, ProblemTask, Task, derive_seed, get_task
+from ..tasks.base import ClassificationTask, ProblemTask, Task, get_task
 from .base import LearnedModel, State
 from .files import Learned, build_model, load_learned
 
@@ -109,8 +109,12 @@ def run_learned_problems(task: ProblemTask, model: LearnedModel, lrs: Sequence[f
                          ) -> tuple[Tensor, Tensor, Tensor]:
     """Scores ``[K, P]``, final values ``[K, P]`` and curve ``[CHECKPOINTS, K]`` (as the
     protocol's ``_problem_run``; one optimization per problem)."""
-    from ..evaluation.protocol import CHECKPOINTS, DIVERGENCE_FACTOR, _check_deadline
+    from ..evaluation.protocol import CHECKPOINTS, DIVERGENCE_FACTOR, Timeout
     from ..tasks.problems import ORDERS
+
+    def _check_deadline(deadline: float | None) -> None:
+        if deadline is not None and time.perf_counter() > deadline:
+            raise Timeout()
 
     problems = task.problems()
     x0s = task.initial_points(seed, stream)
@@ -128,8 +132,9 @@ def run_learned_problems(task: ProblemTask, model: LearnedModel, lrs: Sequence[f
             dead = torch.zeros(k, dtype=torch.bool)
             curve = []
 
-            def score(vals: Tensor) -> Tensor:
-                sc = ((log_gap0 - torch.log10((vals - p.f_star).clamp_min(1e-300))) / ORDERS
+            def score(vals: Tensor, dead: Tensor, log_gap0: Tensor = log_gap0,
+                      f_star: float = p.f_star) -> Tensor:
+                sc = ((log_gap0 - torch.log10((vals - f_star).clamp_min(1e-300))) / ORDERS
                       ).clamp(0.0, 1.0)
                 return torch.where(dead | ~torch.isfinite(vals), torch.zeros_like(sc), sc)
 
@@ -137,7 +142,7 @@ def run_learned_problems(task: ProblemTask, model: LearnedModel, lrs: Sequence[f
                 vals, g = p.value_and_grad(x)
                 dead |= ~(vals <= limit)
                 if t in marks:
-                    curve.append(score(vals))
+                    curve.append(score(vals, dead))
                 if t % 16 == 0 and bool(dead.all()):
                     break
                 us, state = model.update([g], state)
@@ -146,7 +151,7 @@ def run_learned_problems(task: ProblemTask, model: LearnedModel, lrs: Sequence[f
                 _check_deadline(deadline)
             vals, _ = p.value_and_grad(x)
             dead |= ~(vals <= limit)
-            sc = score(vals)
+            sc = score(vals, dead)
             while len(curve) < CHECKPOINTS - 1:
                 curve.append(torch.zeros(k, dtype=sc.dtype))
             curve.append(sc)
@@ -194,7 +199,6 @@ def score_learned(learned: "str | os.PathLike[str] | Learned | LearnedModel",
     from ..evaluation.fidelity import get_fidelity
     from ..evaluation.protocol import Outcome, Timeout, run_classification
 
-    t0 = time.perf_counter()
     lo = resolve_learned(learned)
     tk = get_task(task, **task_options)
     fid = get_fidelity(fidelity)
