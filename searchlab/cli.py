@@ -13,10 +13,10 @@ from . import __version__
 
 #: sub-commands in the order ``--help`` lists them
 COMMANDS: tuple[str, ...] = ("demo", "evaluate", "search", "compare", "list", "show", "ui",
-                             "export")
+                             "export", "meta-train")
 #: commands whose module is not ``searchlab.commands.<command>`` (a module named ``list``
 #: would shadow the builtin inside the package)
-MODULES: dict[str, str] = {"list": "runs_list"}
+MODULES: dict[str, str] = {"list": "runs_list", "meta-train": "meta_train"}
 
 
 def _quiet_third_parties() -> None:

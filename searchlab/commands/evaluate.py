@@ -190,6 +190,10 @@ def run(args: argparse.Namespace) -> int:
         apply_words(args)
     except ValueError as exc:
         return fail("evaluate", str(exc))
+    if args.rule.startswith("learned:"):   # a saved learned optimizer: searchlab.learned
+        from ..learned.command import evaluate_learned
+
+        return evaluate_learned(args, format_result)
     try:
         parse(args.rule)
     except ParseError as exc:   # an unparsable rule is the user's mistake: no reward table
