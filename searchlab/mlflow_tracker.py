@@ -31,10 +31,21 @@ Where.  ``uri`` (config ``tracking.uri``), else ``$MLFLOW_TRACKING_URI``, else a
 store ``sqlite:///<run_dir>/mlflow.db`` with artifacts in ``<run_dir>/artifacts/`` (no
 server needed; ``searchlab ui`` opens it).  :func:`check_tracking_uri` fails fast with one
 clear :class:`TrackingError` when the store cannot be reached, before a search starts.
+
+Safety.  Searches started together may share one local store: every client opens it
+under an exclusive file lock (:func:`store_lock`, ``<run_dir>/mlflow.db.lock``), so only
+one process at a time creates or migrates its tables.  An existing ``mlflow.db`` that is
+not a sqlite database stops the search before it starts (:func:`check_tracking_uri`);
+any failure of the store is a one-line :class:`TrackingError`.  If the store is deleted
+or replaced during a search, ``finish`` says so in :attr:`MlflowTracker.error` (the CLI
+exits non-zero; ``searchlab relog <run folder>`` logs the run folder's files again).
+Importing this module turns MLflow's telemetry and Ray's usage stats off unless the
+user set the variables (:func:`disable_telemetry`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -49,7 +60,7 @@ import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from .result import to_jsonable
 from .tracking import TRACKERS, Tracker
@@ -59,8 +70,8 @@ if TYPE_CHECKING:
     from .runfiles import RunRecord
 
 __all__ = ["MlflowTracker", "REPORT_METRICS", "TrackingError", "check_tracking_uri",
-           "git_commit", "load_runs_from_mlflow", "log_report",
-           "local_store_uri", "resolve_tracking_uri"]
+           "disable_telemetry", "git_commit", "load_runs_from_mlflow", "log_report",
+           "local_store_uri", "open_client", "resolve_tracking_uri", "store_lock"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +82,38 @@ _PARAM_LEN, _TAG_LEN, _RUN_NAME_LEN = 6000, 8000, 200
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be used (unreachable server, unwritable directory...)."""
+
+
+# --- telemetry ------------------------------------------------------------------------
+def disable_telemetry(env: "os._Environ[str] | dict[str, str] | None" = None) -> None:
+    """Turn off MLflow's telemetry and Ray's usage stats in ``env`` (default
+    ``os.environ``), unless the user chose: a variable already set wins.
+
+    MLflow reads ``MLFLOW_DISABLE_TELEMETRY`` or ``DO_NOT_TRACK`` when ``mlflow`` is
+    imported (it then looks up its telemetry host from a thread), so this runs when this
+    module is imported, before searchlab imports MLflow; if ``mlflow`` was imported
+    earlier, its telemetry client is re-initialised (off).  Either MLflow variable set by
+    the user (``MLFLOW_DISABLE_TELEMETRY=false`` opts in) leaves both untouched.
+    """
+    target = os.environ if env is None else env
+    changed = False
+    if "MLFLOW_DISABLE_TELEMETRY" not in target and "DO_NOT_TRACK" not in target:
+        target["MLFLOW_DISABLE_TELEMETRY"] = "true"
+        target["DO_NOT_TRACK"] = "true"
+        changed = True
+    target.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if changed and env is None:
+        import sys
+
+        telemetry = sys.modules.get("mlflow.telemetry")
+        if telemetry is not None:
+            try:
+                telemetry.set_telemetry_client()    # re-reads the variables: now off
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+
+
+disable_telemetry()
 
 
 # --- where ----------------------------------------------------------------------------
@@ -109,6 +152,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         if not os.access(db.parent, os.W_OK):
             raise TrackingError(f"MLflow store {uri!r}: directory {str(db.parent)!r} is not "
                                 f"writable; {hint}")
+        _check_sqlite_file(db)
         return
     if uri.startswith(("http://", "https://")):
         url = uri.rstrip("/") + "/health"
@@ -126,12 +170,83 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
                                 f"{hint}") from None
         return
     try:
-        from mlflow import MlflowClient
-
-        MlflowClient(uri).search_experiments(max_results=1)
+        open_client(uri).search_experiments(max_results=1)
+    except TrackingError:
+        raise
     except Exception as e:  # noqa: BLE001 - any backend failure means "unusable"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TrackingError(f"MLflow store {uri!r} is not usable ({first}); {hint}") from None
+
+
+def _check_sqlite_file(db: Path) -> None:
+    """Raise :class:`TrackingError` when an existing ``db`` is not a readable sqlite
+    database (garbage, a truncated copy): one line naming the file and what to do."""
+    import sqlite3
+
+    if not db.is_file() or db.stat().st_size == 0:
+        return                      # created on first use
+    try:
+        with open(db, "rb") as f:
+            header = f.read(16)
+        if header != b"SQLite format 3\x00":
+            raise sqlite3.DatabaseError("file is not a database")
+        conn = sqlite3.connect(str(db), timeout=30.0)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return                      # busy or locked: not corrupt; MLflow will wait or say
+    except (sqlite3.DatabaseError, OSError) as e:
+        raise TrackingError(
+            f"MLflow store {str(db)!r} is not a valid sqlite database ({e}); move it aside "
+            f"(mv {db} {db}.bad) and run again to start a new store (run folders keep "
+            "every search's files: `searchlab relog <run folder>` logs one again), or set "
+            "tracking.uri=... or tracking=none") from None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock (``fcntl.flock`` on ``<db>.lock``, e.g. ``mlflow.db.lock``)
+    around opening a local sqlite store: MLflow creates and migrates a new store's tables
+    when it first opens it (alembic), and processes doing that at once corrupt it
+    ("table ... already exists", "duplicate column name").  Other stores: no lock."""
+    db = _sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(db) + ".lock", "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def open_client(uri: str) -> Any:
+    """An ``MlflowClient`` for ``uri``: telemetry off (:func:`disable_telemetry`), quiet
+    logs, a local sqlite store in WAL mode (:func:`_fast_sqlite`) and opened -- created
+    and migrated if new -- under :func:`store_lock`.  Raises :class:`TrackingError`."""
+    disable_telemetry()
+    _quiet_mlflow_logs()
+    db = _sqlite_path(uri)
+    if db is not None:
+        _fast_sqlite(db)
+    try:
+        from mlflow import MlflowClient
+
+        with store_lock(uri):
+            return MlflowClient(uri)
+    except Exception as e:  # noqa: BLE001 - any backend failure: one line
+        raise TrackingError(f"MLflow store {uri!r} cannot be opened ({_first_line(e)}); "
+                            "set tracking.uri=... or MLFLOW_TRACKING_URI to a usable store, "
+                            "or tracking=none to log nothing") from None
 
 
 def git_commit(path: str | os.PathLike[str] | None = None) -> str | None:
@@ -328,6 +443,8 @@ class MlflowTracker(Tracker):
         self.seconds_main = 0.0
         #: set by ``finish`` when some writes failed (one line), else None
         self.error: str | None = None
+        #: (device, inode) of the local sqlite store when opened (see ``store_lost``)
+        self._store_id: tuple[int, int] | None = None
 
     # -- helpers ---------------------------------------------------------------------
     def _artifact_location(self) -> str | None:
@@ -339,13 +456,8 @@ class MlflowTracker(Tracker):
 
     def _client(self) -> Any:
         if self.client is None:
-            _quiet_mlflow_logs()
-            db = _sqlite_path(self.uri)
-            if db is not None:
-                _fast_sqlite(db)
-            from mlflow import MlflowClient
-
-            self.client = MlflowClient(self.uri)
+            self.client = open_client(self.uri)
+            self._store_id = _file_id(_sqlite_path(self.uri))
         return self.client
 
     def ensure_experiment(self) -> str:
@@ -355,16 +467,43 @@ class MlflowTracker(Tracker):
             try:
                 exp = client.get_experiment_by_name(self.experiment)
                 if exp is None:
-                    # "custom_model_development": a training-runs experiment, not GenAI
-                    self.experiment_id = client.create_experiment(
-                        self.experiment, artifact_location=self._artifact_location(),
-                        tags={"mlflow.experimentKind": "custom_model_development"})
+                    try:
+                        # "custom_model_development": a training-runs experiment, not GenAI
+                        self.experiment_id = client.create_experiment(
+                            self.experiment, artifact_location=self._artifact_location(),
+                            tags={"mlflow.experimentKind": "custom_model_development"})
+                    except Exception:  # noqa: BLE001 - created meanwhile by another search?
+                        exp = client.get_experiment_by_name(self.experiment)
+                        if exp is None:
+                            raise
+                        self.experiment_id = exp.experiment_id
                 else:
                     self.experiment_id = exp.experiment_id
             except Exception as e:  # noqa: BLE001
                 raise TrackingError(f"MLflow store {self.uri!r}: cannot open experiment "
                                     f"{self.experiment!r} ({_first_line(e)})") from None
         return self.experiment_id
+
+    def store_lost(self) -> str | None:
+        """Why the store no longer holds this search's run (None while it does): the
+        local sqlite file was deleted or replaced since it was opened, or the parent run
+        cannot be read back."""
+        db = _sqlite_path(self.uri)
+        if db is not None and self._store_id is not None:
+            now = _file_id(db)
+            if now is None:
+                return f"the MLflow store {str(db)!r} was deleted during the search"
+            if now != self._store_id:
+                return f"the MLflow store {str(db)!r} was replaced during the search"
+            return None
+        if self.run_id is None or self.client is None:
+            return None
+        try:
+            self.client.get_run(self.run_id)
+        except Exception as e:  # noqa: BLE001
+            return (f"the MLflow run {self.run_id} cannot be read back from {self.uri!r} "
+                    f"({_first_line(e)})")
+        return None
 
     def _check_writer(self) -> None:
         w = self._writer
@@ -399,8 +538,12 @@ class MlflowTracker(Tracker):
                                 f"({_first_line(e)})") from None
         self.run_id = run.info.run_id
         ps = [Param(_key(k), _param_value(v)) for k, v in params.items()]
-        for i in range(0, len(ps), _MAX_PARAMS):
-            client.log_batch(self.run_id, params=ps[i:i + _MAX_PARAMS])
+        try:
+            for i in range(0, len(ps), _MAX_PARAMS):
+                client.log_batch(self.run_id, params=ps[i:i + _MAX_PARAMS])
+        except Exception as e:  # noqa: BLE001
+            raise TrackingError(f"MLflow store {self.uri!r}: cannot log the search's "
+                                f"parameters ({_first_line(e)})") from None
         self._writer = _Writer(self.background)
         self._results, self._indices, self._best, self._cpu = [], [], -math.inf, 0.0
         self.seconds_main += time.perf_counter() - t0
@@ -499,20 +642,25 @@ class MlflowTracker(Tracker):
                           "the resumed search to a new run", RuntimeWarning, stacklevel=2)
             return super().resume(state, params, tags, results)
         self.run_id, self.experiment_id = run_id, run.info.experiment_id
-        client.update_run(run_id, status="RUNNING")
         children: set[int] = set()
-        token = None
-        while True:
-            page = client.search_runs([self.experiment_id],
-                                      f"tags.`mlflow.parentRunId` = '{run_id}'",
-                                      max_results=1000, page_token=token)
-            children.update(int(r.data.tags["sample"]) for r in page
-                            if r.data.tags.get("sample", "").isdigit())
-            token = page.token
-            if not token:
-                break
+        try:
+            client.update_run(run_id, status="RUNNING")
+            token = None
+            while True:
+                page = client.search_runs([self.experiment_id],
+                                          f"tags.`mlflow.parentRunId` = '{run_id}'",
+                                          max_results=1000, page_token=token)
+                children.update(int(r.data.tags["sample"]) for r in page
+                                if r.data.tags.get("sample", "").isdigit())
+                token = page.token
+                if not token:
+                    break
+            steps = {m.step for m in client.get_metric_history(run_id, "search/reward")}
+        except Exception as e:  # noqa: BLE001
+            raise TrackingError(f"MLflow store {self.uri!r}: cannot reopen run {run_id} "
+                                f"({_first_line(e)})") from None
         self._present_children = children
-        self._present_steps = {m.step for m in client.get_metric_history(run_id, "search/reward")}
+        self._present_steps = steps
         self._writer = _Writer(self.background)
         self._results, self._indices, self._best, self._cpu = [], [], -math.inf, 0.0
         self.seconds_main += time.perf_counter() - t0
@@ -556,6 +704,13 @@ class MlflowTracker(Tracker):
         writer.drain()
         writer.close()
         self.seconds_main += time.perf_counter() - t0
+        lost = self.store_lost()
+        if lost is not None:
+            # the writes "succeeded" into a deleted file (or a new, empty one): say so
+            self.error = (f"{lost}: MLflow's record of this search is lost; the run "
+                          "folder's files are intact: re-log them with `searchlab relog "
+                          "<run folder>`")
+            return
         self._check_writer()
         if writer.error is not None:
             # not raised: the runner must still return the search's results; the caller
@@ -599,7 +754,7 @@ class MlflowTracker(Tracker):
         """Metrics ``rescore/<rank>/{val,test}_{mean,std}`` and ``rescored.json`` on the
         search's parent run (already finished: written directly, best effort with a
         warning)."""
-        if self.run_id is None or not rows:
+        if self.run_id is None or not rows or self.store_lost() is not None:
             return
         from mlflow.entities import Metric
 
@@ -642,6 +797,14 @@ class MlflowTracker(Tracker):
             return (f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}"
                     "?workflowType=machine_learning")
         return None
+
+
+def _file_id(path: Path | None) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path) if path is not None else None
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if st is not None else None
 
 
 def _first_line(e: BaseException) -> str:
@@ -813,12 +976,9 @@ def load_runs_from_mlflow(experiment: str, uri: str, dest: str | os.PathLike[str
                           ) -> list["RunRecord"]:
     """The searches of an MLflow experiment (parent runs' ``results.json`` artifacts),
     downloaded into ``dest/runs/<label>-s<seed>/``, in the order they started."""
-    from mlflow import MlflowClient
-
     from .runfiles import load_search
 
-    _quiet_mlflow_logs()
-    client = MlflowClient(uri)
+    client = open_client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise FileNotFoundError(f"no folder and no MLflow experiment named {experiment!r} "

@@ -46,9 +46,11 @@ def server_command(store_uri: str, artifacts: Path, host: str, port: int, worker
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_uri,
            "--default-artifact-root", artifacts.resolve().as_uri(),
            "--host", host, "--port", str(port), "--workers", str(workers)]
+    from ..mlflow_tracker import disable_telemetry
+
     env = dict(os.environ)
-    env.update({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-                "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"})
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    disable_telemetry(env)          # telemetry off unless the user set the variables
     return cmd, env
 
 
