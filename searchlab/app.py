@@ -62,16 +62,35 @@ def comparison_name(cfg: Config) -> str:
     return f"compare-{cfg.task.name}-{cfg.fidelity_name}-{_stamp()}"
 
 
-def unique_folder(path: Path) -> Path:
-    """``path``, or ``path-2``, ``path-3``... if it already holds results (or a search
-    checkpoint, which ``resume=<path>`` continues)."""
-    if not (path / "results.json").exists() and not (path / "summary.md").exists() \
-            and not (path / "checkpoint.pkl").exists():
-        return path
-    k = 2
-    while (path.parent / f"{path.name}-{k}").exists():
+#: files that mark a folder as holding a search (finished, interrupted or starting)
+_SEARCH_FILES = ("config.yaml", "results.json", "summary.md", "checkpoint.pkl",
+                 "evaluations.jsonl")
+
+
+def unique_folder(path: Path, config_text: str = "") -> Path:
+    """Create and claim a new run folder: ``path``, or ``path-2``, ``path-3``... if it
+    is taken, and return it.  Claiming is atomic, so searches started at once never
+    share a folder: a new folder by ``os.mkdir`` (which fails if it exists), an existing
+    folder holding no search (empty, say) by creating its ``config.yaml`` exclusively
+    (written with ``config_text``); a folder with a search's files (results, a
+    checkpoint or journal that ``resume=<path>`` continues) is never reused."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    k = 1
+    while True:
+        cand = path if k == 1 else path.parent / f"{path.name}-{k}"
         k += 1
-    return path.parent / f"{path.name}-{k}"
+        try:
+            os.mkdir(cand)
+        except FileExistsError:
+            if not cand.is_dir() or any((cand / f).exists() for f in _SEARCH_FILES):
+                continue
+        try:  # the claim: whoever creates config.yaml first owns the folder
+            fd = os.open(cand / "config.yaml", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(config_text)
+        return cand
 
 
 # --- builders: config -> components (each a registry lookup by name) -----------------------
@@ -195,6 +214,10 @@ def resume_config(run_dir: str | os.PathLike[str], overrides: Sequence[str] = ()
     if not path.is_file():
         raise ConfigError(f"resume={run_dir}: no config.yaml there; pass the run directory "
                           "printed when the search started")
+    if not path.read_text().strip():
+        raise ConfigError(f"resume={run_dir}: its config.yaml is empty (the search was "
+                          "killed while starting, before it evaluated anything): start the "
+                          "search again")
     rest = [o for o in overrides if o.partition("=")[0].strip() not in ("resume", "config")]
     return load_config(rest + [f"resume={run_dir}"], str(path))
 
@@ -205,11 +228,14 @@ def say(message: str) -> None:
 
 
 # --- one search -------------------------------------------------------------------------
-def _write_config(folder: Path, cfg: Config) -> None:
+def _config_text(cfg: Config) -> str:
     import yaml
 
-    (folder / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"),
-                                                       sort_keys=False))
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def _write_config(folder: Path, cfg: Config) -> None:
+    (folder / "config.yaml").write_text(_config_text(cfg))
 
 
 def run_one_search(cfg: Config, *, label: str | None = None, out: str | os.PathLike[str] | None = None,
@@ -233,27 +259,42 @@ def run_one_search(cfg: Config, *, label: str | None = None, out: str | os.PathL
     # in ``out`` (compare); the MLflow experiment is the checkpointed one
     resume_dir = Path(cfg.resume) if isinstance(cfg.resume, str) else (
         Path(out) if cfg.resume is True and out is not None
-        and Checkpointer(out).exists() else None)
+        and Checkpointer(out).resumable() else None)
     if resume_dir is not None:
-        tracked = Checkpointer(resume_dir).load().state.tracker
+        resumed = Checkpointer(resume_dir).load()
+        if resumed.note:            # no readable checkpoint: resumed from the journal
+            say(f"resume: {resumed.note}")
+        tracked = resumed.state.tracker
         experiment = experiment or tracked.get("experiment") or cfg.tracking.experiment \
-            or search_name(cfg, label)
+            or resume_dir.name
         folder = resume_dir
     else:
+        auto_name = not (experiment or cfg.tracking.experiment)
         experiment = experiment or cfg.tracking.experiment or search_name(cfg, label)
-        folder = Path(out) if out is not None else unique_folder(
+        folder = Path(out) if out is not None else (
             Path(cfg.out) if cfg.out else Path(cfg.run_dir) / experiment)
     # everything that can fail on a bad config or store, before any side effect
     run_name = cfg.run_name(label)
+    own_tracker = tracker is None
     if tracker is None:
         tracker = build_tracker(cfg, experiment, run_name)   # fails fast on a bad URI
     evaluator = build_evaluator(cfg)
     _check_task_data(evaluator)             # missing data stops here, not as N error samples
+    cache = getattr(evaluator, "cache", None)
+    if cache is not None and hasattr(cache, "check"):
+        cache.check()                       # a corrupt reward cache stops here (CacheError)
     strategy = build_strategy(cfg, label)
     if strategy.warmup and cfg.budget <= strategy.warmup:
         say(f"warning: {label}: budget {cfg.budget} is at or below its warm-up of "
             f"{strategy.warmup} samples (proposed before any feedback): it will behave "
             "like random search; raise the budget or lower the warm-up")
+    if resume_dir is None and out is None:
+        claimed = unique_folder(folder, _config_text(cfg))   # atomically: never shared
+        if claimed != folder and auto_name and not cfg.out:
+            experiment = claimed.name       # and its own MLflow experiment
+            if own_tracker:
+                tracker = build_tracker(cfg, experiment, run_name)
+        folder = claimed
     if resume_dir is None:
         Checkpointer(folder).clear()        # a new search replaces an old one's state
     folder.mkdir(parents=True, exist_ok=True)
@@ -419,7 +460,12 @@ def search(config: Config | Mapping[str, Any] | Sequence[str] | str | None = Non
     cfg = config_of(config, **overrides)
     if isinstance(cfg.resume, str):
         cfg = resume_config(cfg.resume, [f"{k}={_yaml(v)}" for k, v in overrides.items()])
-    result, _, _ = run_one_search(cfg)
+    result, folder, tracker = run_one_search(cfg)
+    if getattr(tracker, "error", None):
+        import warnings
+
+        warnings.warn(f"{tracker.error}; results were saved in {folder}", RuntimeWarning,
+                      stacklevel=2)
     return result
 
 
@@ -491,7 +537,8 @@ def reference_section(cfg: Config, folder: Path, runs: Sequence["RunRecord"],
     import json
     import math
 
-    from .rescore import REFERENCE_RULES, fresh_seeds, rescore, rescored_markdown
+    from .rescore import (REFERENCE_RULES, from_results, fresh_seeds, parse_reference, rescore,
+                          rescored_markdown)
     from .result import from_jsonable
     from .runfiles import dump_json
 
@@ -504,19 +551,37 @@ def reference_section(cfg: Config, folder: Path, runs: Sequence["RunRecord"],
         refs = [Rescored(name=d["name"], rule=d["rule"], search_reward=math.nan,
                          seeds=tuple(d["seeds"]), val=tuple(from_jsonable(d["val"])),
                          test=tuple(from_jsonable(d["test"])), statuses=tuple(d["statuses"]),
-                         best_lrs=tuple(d["best_lrs"]), cpu_seconds=float(d["cpu_seconds"]))
+                         best_lrs=tuple(d["best_lrs"]), cpu_seconds=float(d["cpu_seconds"]),
+                         discovery_cpu_seconds=float(d.get("discovery_cpu_seconds", 0.0)))
                 for d in json.loads(saved.read_text())]
     elif cfg.rescore.top_k == 0:
         return {}, ""
     else:
-        tell(f"compare: re-scoring {len(REFERENCE_RULES)} reference optimizers on "
-             f"{cfg.rescore.seeds} fresh seeds")
+        rules = dict(REFERENCE_RULES)
+        learned = []
+        for spec in cfg.references:
+            name, what = parse_reference(spec)
+            if what.startswith("learned:"):
+                learned.append((name, what[len("learned:"):]))
+            else:
+                rules[name] = what
+        seeds = fresh_seeds(cfg.eval_seed, cfg.rescore.seeds)
+        tell(f"compare: re-scoring {len(rules) + len(learned)} reference optimizers on "
+             f"{len(seeds)} fresh seeds")
         executor = build_executor(cfg)
         try:
-            refs = rescore(build_evaluator(cfg), REFERENCE_RULES,
-                           fresh_seeds(cfg.eval_seed, cfg.rescore.seeds), executor=executor)
+            refs = rescore(build_evaluator(cfg), rules, seeds, executor=executor)
         finally:
             executor.close()
+        for name, target in learned:    # meta-trained optimizers (searchlab.learned)
+            from .learned import reference_row
+
+            res = reference_row(target, cfg.task.name, build_fidelity(cfg), seeds,
+                                **cfg.task.options)
+            meta = max((float(r.extra.get("meta_cpu_seconds", 0.0) or 0.0) for r in res),
+                       default=0.0)
+            refs.append(from_results(name, f"learned:{target}", res,
+                                     discovery_cpu_seconds=meta))
         dump_json(saved, [r.row() for r in refs])
     targets = {r.name: r.val_mean for r in refs
                if r.name in ("SGD", "momentum", "Adam") and np.isfinite(r.val_mean)}
@@ -530,10 +595,13 @@ def reference_section(cfg: Config, folder: Path, runs: Sequence["RunRecord"],
     lines = ["### Each strategy's best rule, re-scored", "",
              "Rank-1 rule of each seed's search on the fresh seeds; mean over the seeds of "
              "the strategy (each seed's value is itself a mean over the fresh seeds).", "",
-             "| strategy | seeds | val mean | test mean | test vs Adam | best test rule |",
-             "|---|---:|---:|---:|---:|---|"]
+             "| strategy | seeds | val mean | test mean | test vs Adam | discovery CPU-s "
+             "(mean per search) | best test rule |",
+             "|---|---:|---:|---:|---:|---:|---|"]
     for label in dict.fromkeys(r.label for r in runs):
         rows = []
+        spent = [float(r.summary.get("cpu_seconds", math.nan) or math.nan)
+                 for r in runs if r.label == label]
         for r in runs:
             f = Path(r.source).parent / "rescored.json"
             if r.label == label and f.is_file():
@@ -551,6 +619,7 @@ def reference_section(cfg: Config, folder: Path, runs: Sequence["RunRecord"],
         top = max(rows, key=lambda x: float(x["test_mean"]) if isinstance(
             x.get("test_mean"), (int, float)) else -1.0)
         lines.append(f"| {label} | {len(rows)} | {vm:.4f} | {tm:.4f} | {diff} | "
+                     f"{float(np.nanmean(spent)) if spent else math.nan:.0f} | "
                      f"`{top['rule']}` |")
     md.append("\n".join(lines) + "\n")
     return targets, "\n".join(md)

@@ -28,6 +28,13 @@ stores (``Evaluator(task, fidelity, cache=RewardCache(path))`` or ``cache_dir=..
 The file is safe to share between processes (WAL journal, busy timeout): the runner's
 worker processes each open their own connection (a cache pickles as its path).
 ``RewardCache(None)`` is an in-memory cache for one process (a pickled copy starts empty).
+
+A corrupt file (not a sqlite database, a damaged page) would make every lookup fail, and
+every sample an ``error``; :meth:`RewardCache.check`, called when a search starts
+(``searchlab.app``), raises :class:`CacheError` instead: one line naming the file and
+saying to delete it or move it aside (the cache only saves re-training; a new one is
+built on the next run).  The file is not moved automatically: searches started together
+share it, and a rename racing another search's fresh cache would lose that one.
 """
 
 from __future__ import annotations
@@ -41,7 +48,8 @@ from typing import Any
 
 from .result import Result, dumps_result, loads_result
 
-__all__ = ["CACHEABLE_STATUSES", "PROTOCOL_VERSION", "RewardCache", "default_cache_path"]
+__all__ = ["CACHEABLE_STATUSES", "CacheError", "PROTOCOL_VERSION", "RewardCache",
+           "default_cache_path"]
 
 #: bump when the reward protocol (training, splits, scoring) changes
 PROTOCOL_VERSION = 1
@@ -65,6 +73,10 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE INDEX IF NOT EXISTS results_by_key ON results (key, task, fidelity, seed, protocol);
 """
+
+
+class CacheError(RuntimeError):
+    """The reward cache file cannot be used (corrupt, not a sqlite database)."""
 
 
 def default_cache_path() -> Path:
@@ -106,6 +118,36 @@ class RewardCache:
             conn.executescript(_SCHEMA)
             self._conn, self._pid = conn, os.getpid()
         return self._conn
+
+    def check(self) -> None:
+        """Raise :class:`CacheError` (one line: the file and what to do) when the cache
+        file exists but is not a usable sqlite database; a missing file is created."""
+        if self.path is None:
+            return
+        try:
+            if self.path.is_file() and self.path.stat().st_size:
+                with open(self.path, "rb") as f:
+                    if f.read(16) != b"SQLite format 3\x00":
+                        raise sqlite3.DatabaseError("file is not a database")
+            with self._lock:
+                db = self._db()
+                row = db.execute("PRAGMA quick_check(1)").fetchone()
+                if row is None or row[0] != "ok":
+                    raise sqlite3.DatabaseError(f"integrity check: {row[0] if row else '?'}")
+                db.execute("SELECT COUNT(*) FROM results").fetchone()
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                return              # in use by another search: not corrupt
+            self._fail(e)
+        except (sqlite3.DatabaseError, OSError) as e:
+            self._fail(e)
+
+    def _fail(self, e: BaseException) -> None:
+        self.close()
+        raise CacheError(
+            f"reward cache {str(self.path)!r} is not a usable sqlite database ({e}); it "
+            f"only saves re-training: delete it (rm {self.path}) or move it aside "
+            f"(mv {self.path} {self.path}.bad) and run again") from None
 
     def close(self) -> None:
         if self._conn is not None and self._pid == os.getpid():

@@ -28,6 +28,13 @@ is in the journal from the journal instead of evaluating it again.  Two modes:
   the strategy's own computation is repeated.  This relies on the strategy being
   deterministic for its seed, which the conformance suite checks.
 
+Without a readable checkpoint -- the search was killed before writing its first one
+(during start-up), or ``checkpoint.pkl`` is truncated or damaged -- :meth:`Checkpointer.load`
+falls back to the journal: the search restarts in ``replay`` mode, the strategy from its
+seed, fed every journaled evaluation (nothing evaluated twice), and
+:attr:`Resumed.note` says so.  This needs the run folder's ``config.yaml`` or journal;
+with neither there is nothing to resume.
+
 Either way no completed sample is lost, none is evaluated twice, and with a serial
 executor the resumed search ends exactly as an uninterrupted one with the same seed.
 The tracker is told to continue its run (``Tracker.resume``): the MLflow tracker reopens
@@ -175,13 +182,30 @@ class SearchState:
 
 @dataclass
 class Resumed:
-    """A loaded checkpoint plus the journal's evaluations it does not hold yet."""
+    """A loaded checkpoint plus the journal's evaluations it does not hold yet.
+
+    ``note`` is None for a checkpoint; otherwise it says why the search resumes from the
+    journal only (``state`` is then an empty ``replay`` state without an identity)."""
 
     state: SearchState
     replay: dict[str, Result]
+    note: str | None = None
 
     def check_identity(self, identity: Mapping[str, Any]) -> None:
-        """Raise :class:`ResumeError` when ``identity`` is not the checkpointed search's."""
+        """Raise :class:`ResumeError` when ``identity`` is not the checkpointed search's
+        (without a checkpoint: when the journal's evaluations have another task,
+        fidelity or evaluation seed)."""
+        if self.note is not None:
+            want = {"task": identity.get("task"), "fidelity": identity.get("fidelity"),
+                    "seed": identity.get("eval_seed")}
+            for r in self.replay.values():
+                for k, v in want.items():
+                    got = getattr(r, k, None)
+                    if v is not None and got not in (None, "") and str(got) != str(v):
+                        raise ResumeError(f"the journal of evaluations holds another search "
+                                          f"({'eval_seed' if k == 'seed' else k}: {got!r} "
+                                          f"-> {v!r})")
+            return
         diffs = [f"{k}: {self.state.identity.get(k)!r} -> {identity.get(k)!r}"
                  for k in IDENTITY_KEYS
                  if k in identity and str(self.state.identity.get(k)) != str(identity.get(k))]
@@ -215,6 +239,11 @@ class Checkpointer:
     def exists(self) -> bool:
         return self.checkpoint_path.exists()
 
+    def resumable(self) -> bool:
+        """A checkpoint, or at least a non-empty journal, is there to continue from."""
+        return self.exists() or (self.journal_path.is_file()
+                                 and self.journal_path.stat().st_size > 0)
+
     # -- writing ---------------------------------------------------------------------
     def record(self, result: Result) -> None:
         """Journal one completed evaluation (before anything else happens with it)."""
@@ -246,17 +275,23 @@ class Checkpointer:
 
     # -- reading ---------------------------------------------------------------------
     def load(self) -> Resumed:
-        """The last checkpoint and the journal's evaluations not in it."""
+        """The last checkpoint and the journal's evaluations not in it; without a
+        readable checkpoint, the journal alone (see the module docstring)."""
+        why = None
+        state = None
         if not self.exists():
-            raise ResumeError(f"nothing to resume in {self.run_dir}: no {CHECKPOINT_FILE} "
-                              "(was the search started with a run directory?)")
-        try:
-            state = pickle.loads(self.checkpoint_path.read_bytes())
-        except Exception as e:  # noqa: BLE001 - any unpickling problem
-            raise ResumeError(f"cannot read {self.checkpoint_path}: {e}") from None
-        if not isinstance(state, SearchState) or state.version != FORMAT_VERSION:
-            raise ResumeError(f"{self.checkpoint_path} is not a searchlab checkpoint of "
-                              f"format {FORMAT_VERSION}")
+            why = f"no {CHECKPOINT_FILE} (killed before its first checkpoint?)"
+        else:
+            try:
+                state = pickle.loads(self.checkpoint_path.read_bytes())
+            except Exception as e:  # noqa: BLE001 - any unpickling problem
+                why = f"cannot read {self.checkpoint_path} ({_first_line(e)})"
+            else:
+                if not isinstance(state, SearchState) or state.version != FORMAT_VERSION:
+                    why = (f"{self.checkpoint_path} is not a searchlab checkpoint of "
+                           f"format {FORMAT_VERSION}")
+        if why is not None:
+            return self._from_journal(why)
         # replay mode re-runs the strategy from the start: every journaled evaluation is
         # needed again; state mode restores the samples and needs only the newer ones
         done = {r.key for r in state.results} if state.mode == "state" else set()
@@ -265,6 +300,26 @@ class Checkpointer:
             if r.key not in done:
                 replay.setdefault(r.key, r)
         return Resumed(state, replay)
+
+    def _from_journal(self, why: str) -> Resumed:
+        """Resume without a checkpoint: a ``replay`` state fed the whole journal."""
+        has_config = (self.run_dir / "config.yaml").is_file()
+        if not has_config and not self.journal_path.is_file():
+            raise ResumeError(f"nothing to resume in {self.run_dir}: {why.split(' (')[0]} "
+                              f"and no {JOURNAL_FILE} (was the search started with this "
+                              "run directory?)")
+        replay: dict[str, Result] = {}
+        for r in Journal.read(self.journal_path):
+            replay.setdefault(r.key, r)
+        state = SearchState(identity={}, mode="replay", budget=0)
+        note = (f"{why}; the strategy restarts from its seed and is fed the "
+                f"{len(replay)} evaluations of {self.journal_path} (none is run again)")
+        return Resumed(state, replay, note=note)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def best_of(results: Iterable[Result]) -> float:
