@@ -537,7 +537,8 @@ def reference_section(cfg: Config, folder: Path, runs: Sequence["RunRecord"],
     import json
     import math
 
-    from .rescore import REFERENCE_RULES, fresh_seeds, rescore, rescored_markdown
+    from .rescore import (REFERENCE_RULES, from_results, fresh_seeds, parse_reference, rescore,
+                          rescored_markdown)
     from .result import from_jsonable
     from .runfiles import dump_json
 
@@ -550,19 +551,37 @@ def reference_section(cfg: Config, folder: Path, runs: Sequence["RunRecord"],
         refs = [Rescored(name=d["name"], rule=d["rule"], search_reward=math.nan,
                          seeds=tuple(d["seeds"]), val=tuple(from_jsonable(d["val"])),
                          test=tuple(from_jsonable(d["test"])), statuses=tuple(d["statuses"]),
-                         best_lrs=tuple(d["best_lrs"]), cpu_seconds=float(d["cpu_seconds"]))
+                         best_lrs=tuple(d["best_lrs"]), cpu_seconds=float(d["cpu_seconds"]),
+                         discovery_cpu_seconds=float(d.get("discovery_cpu_seconds", 0.0)))
                 for d in json.loads(saved.read_text())]
     elif cfg.rescore.top_k == 0:
         return {}, ""
     else:
-        tell(f"compare: re-scoring {len(REFERENCE_RULES)} reference optimizers on "
-             f"{cfg.rescore.seeds} fresh seeds")
+        rules = dict(REFERENCE_RULES)
+        learned = []
+        for spec in cfg.references:
+            name, what = parse_reference(spec)
+            if what.startswith("learned:"):
+                learned.append((name, what[len("learned:"):]))
+            else:
+                rules[name] = what
+        seeds = fresh_seeds(cfg.eval_seed, cfg.rescore.seeds)
+        tell(f"compare: re-scoring {len(rules) + len(learned)} reference optimizers on "
+             f"{len(seeds)} fresh seeds")
         executor = build_executor(cfg)
         try:
-            refs = rescore(build_evaluator(cfg), REFERENCE_RULES,
-                           fresh_seeds(cfg.eval_seed, cfg.rescore.seeds), executor=executor)
+            refs = rescore(build_evaluator(cfg), rules, seeds, executor=executor)
         finally:
             executor.close()
+        for name, target in learned:    # meta-trained optimizers (searchlab.learned)
+            from .learned import reference_row
+
+            res = reference_row(target, cfg.task.name, build_fidelity(cfg), seeds,
+                                **cfg.task.options)
+            meta = max((float(r.extra.get("meta_cpu_seconds", 0.0) or 0.0) for r in res),
+                       default=0.0)
+            refs.append(from_results(name, f"learned:{target}", res,
+                                     discovery_cpu_seconds=meta))
         dump_json(saved, [r.row() for r in refs])
     targets = {r.name: r.val_mean for r in refs
                if r.name in ("SGD", "momentum", "Adam") and np.isfinite(r.val_mean)}
@@ -576,10 +595,13 @@ def reference_section(cfg: Config, folder: Path, runs: Sequence["RunRecord"],
     lines = ["### Each strategy's best rule, re-scored", "",
              "Rank-1 rule of each seed's search on the fresh seeds; mean over the seeds of "
              "the strategy (each seed's value is itself a mean over the fresh seeds).", "",
-             "| strategy | seeds | val mean | test mean | test vs Adam | best test rule |",
-             "|---|---:|---:|---:|---:|---|"]
+             "| strategy | seeds | val mean | test mean | test vs Adam | discovery CPU-s "
+             "(mean per search) | best test rule |",
+             "|---|---:|---:|---:|---:|---:|---|"]
     for label in dict.fromkeys(r.label for r in runs):
         rows = []
+        spent = [float(r.summary.get("cpu_seconds", math.nan) or math.nan)
+                 for r in runs if r.label == label]
         for r in runs:
             f = Path(r.source).parent / "rescored.json"
             if r.label == label and f.is_file():
@@ -597,6 +619,7 @@ def reference_section(cfg: Config, folder: Path, runs: Sequence["RunRecord"],
         top = max(rows, key=lambda x: float(x["test_mean"]) if isinstance(
             x.get("test_mean"), (int, float)) else -1.0)
         lines.append(f"| {label} | {len(rows)} | {vm:.4f} | {tm:.4f} | {diff} | "
+                     f"{float(np.nanmean(spent)) if spent else math.nan:.0f} | "
                      f"`{top['rule']}` |")
     md.append("\n".join(lines) + "\n")
     return targets, "\n".join(md)

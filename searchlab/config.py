@@ -153,6 +153,7 @@ class Config(_Frozen):
     threshold: float | None = Field(None, description="compare: reward threshold for 'evaluations to reach' (null: median final best reward)")
     report: str | None = Field(None, description="compare: re-report finished runs from this folder or MLflow experiment, without running")
     reps: int = Field(1000, ge=10, description="compare: bootstrap resamples of the report's statistics (rliable)")
+    references: tuple[str, ...] = Field((), description="compare: extra reference rows beside SGD/momentum/Adam/RMSProp/PowerSign/AddSign: rule texts, name=rule, or learned:<file or kind>")
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -163,7 +164,7 @@ class Config(_Frozen):
             return tuple(range(v))
         return v
 
-    @field_validator("strategies", mode="before")
+    @field_validator("strategies", "references", mode="before")
     @classmethod
     def _one_strategy(cls, v: Any) -> Any:
         return (v,) if isinstance(v, str) else v
@@ -185,7 +186,8 @@ class Config(_Frozen):
 #: Config fields that are groups: a plain name selects ``configs/<group>/<name>.yaml``.
 GROUPS: tuple[str, ...] = ("strategy", "task", "fidelity", "space", "executor", "tracking")
 #: Keys only ``searchlab compare`` uses (``searchlab search`` rejects them on its command line).
-COMPARE_KEYS: tuple[str, ...] = ("strategies", "seeds", "threshold", "report", "reps")
+COMPARE_KEYS: tuple[str, ...] = ("strategies", "seeds", "threshold", "report", "reps",
+                                  "references")
 
 
 # --- overrides ---------------------------------------------------------------------

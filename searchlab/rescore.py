@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .interfaces import Evaluator
 
 __all__ = ["REFERENCE_RULES", "RESCORE_OFFSET", "Rescored", "RescoreTask", "fresh_seeds",
-           "rescore", "rescored_markdown"]
+           "from_results", "parse_reference", "rescore", "rescored_markdown"]
 
 #: fresh seeds start this far from the search's eval_seed (searches use small seeds)
 RESCORE_OFFSET = 1_000_000
@@ -89,6 +89,9 @@ class Rescored:
     statuses: tuple[str, ...]
     best_lrs: tuple[float | None, ...]
     cpu_seconds: float                 # compute of the re-scoring trainings
+    #: compute spent to *discover* the rule: 0 for hand-designed optimizers, meta-training
+    #: CPU-seconds for a learned optimizer, a search's summed child-training CPU-seconds
+    discovery_cpu_seconds: float = 0.0
 
     @property
     def val_mean(self) -> float:
@@ -112,7 +115,8 @@ class Rescored:
                 "test_mean": self.test_mean, "test_std": self.test_std,
                 "seeds": list(self.seeds), "val": list(self.val), "test": list(self.test),
                 "statuses": list(self.statuses), "best_lrs": list(self.best_lrs),
-                "cpu_seconds": self.cpu_seconds}
+                "cpu_seconds": self.cpu_seconds,
+                "discovery_cpu_seconds": self.discovery_cpu_seconds}
 
 
 def rescore(evaluator: "Evaluator", rules: Mapping[str, str] | Iterable[tuple[str, str]],
@@ -156,9 +160,37 @@ def rescored_markdown(rows: Sequence[Rescored], title: str) -> str:
     lines = [f"### {title}", "",
              f"Re-scored on {seeds} fresh evaluation seeds (disjoint from the search's); "
              "validation = the reward protocol, test = the held-out split no search reads.",
-             "", "| name | search reward | val mean +- std | test mean +- std | rule |",
-             "|---|---:|---:|---:|---|"]
+             "", "| name | search reward | val mean +- std | test mean +- std | discovery "
+             "CPU-s | rule |", "|---|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r.name} | {_f(r.search_reward)} | {_f(r.val_mean)} +- "
-                     f"{_f(r.val_std)} | {_f(r.test_mean)} +- {_f(r.test_std)} | `{r.rule}` |")
+                     f"{_f(r.val_std)} | {_f(r.test_mean)} +- {_f(r.test_std)} | "
+                     f"{r.discovery_cpu_seconds:.0f} | `{r.rule}` |")
     return "\n".join(lines) + "\n"
+
+
+def from_results(name: str, rule: str, results: Sequence[Result], *,
+                 discovery_cpu_seconds: float = 0.0) -> Rescored:
+    """A :class:`Rescored` row from evaluations already made (one per fresh seed), e.g. a
+    learned optimizer's (:func:`searchlab.learned.reference_row`)."""
+    return Rescored(
+        name=name, rule=rule, search_reward=math.nan, seeds=tuple(r.seed for r in results),
+        val=tuple(float(r.reward) for r in results),
+        test=tuple(float(r.extra.get("test_reward", math.nan)) if r.ok else math.nan
+                   for r in results),
+        statuses=tuple(r.status for r in results), best_lrs=tuple(r.best_lr for r in results),
+        cpu_seconds=float(sum(float(r.extra.get("cpu_seconds", 0.0) or 0.0) for r in results)),
+        discovery_cpu_seconds=float(discovery_cpu_seconds))
+
+
+def parse_reference(spec: str) -> tuple[str, str]:
+    """``(name, what)`` of a ``references`` entry: ``name=rule``, a rule text (named by
+    itself), or ``learned:<file or kind>`` (named by the file's stem)."""
+    spec = spec.strip()
+    if spec.startswith("learned:"):
+        target = spec[len("learned:"):]
+        return (target.rsplit("/", 1)[-1].removesuffix(".pt") or target, spec)
+    name, sep, rule = spec.partition("=")
+    if sep and name.strip() and "(" not in name:
+        return name.strip(), rule.strip()
+    return spec, spec

@@ -130,3 +130,24 @@ def test_budget_at_warmup_warns(capsys, tmp_path):
 def test_reference_rules_parse():
     for name, text in REFERENCE_RULES.items():
         assert parse(text).text, name
+
+
+def test_reference_rows_include_extra_rules_and_learned_optimizers(tmp_path):
+    from searchlab.app import reference_section
+
+    cfg = load_config(["task=ensemble", "fidelity=smoke", "tracking=none", "quiet=true",
+                       "rescore.seeds=2", "references=[lion=sign(m),learned:lwa-a]"],
+                      )
+    targets, md = reference_section(cfg, tmp_path, [], lambda msg: None)
+    rows = {d["name"]: d for d in json.loads((tmp_path / "references.json").read_text())}
+    assert set(REFERENCE_RULES) | {"lion", "lwa-a"} == set(rows)
+    assert rows["lion"]["rule"] == "sign(m)" and rows["lwa-a"]["rule"] == "learned:lwa-a"
+    assert all(len(d["val"]) == 2 and d["seeds"] == fresh_seeds(0, 2) for d in rows.values())
+    # targets: SGD, momentum, Adam and the best reference, at their re-scored val means
+    assert targets["Adam"] == pytest.approx(np.mean(rows["Adam"]["val"]))
+    best = max(rows.values(), key=lambda d: np.mean(d["val"]))
+    assert targets[f"best reference ({best['name']})"] == pytest.approx(np.mean(best["val"]))
+    assert "| lwa-a |" in md and "discovery CPU-s" in md
+    # re-reporting reads the saved rows back, without evaluating anything
+    again, md2 = reference_section(cfg, tmp_path, [], lambda msg: None, compute=False)
+    assert again == pytest.approx(targets) and md2 == md
