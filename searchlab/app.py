@@ -492,14 +492,20 @@ def run_comparison(cfg: Config, *, out: str | os.PathLike[str] | None = None,
     seeds = list(cfg.seeds) or [cfg.seed]
     runs: list[RunRecord] = []
     todo = []
-    for label, sc in choices:
-        for seed in seeds:
+    # seed-major order: a comparison stopped half-way has the same seeds for every strategy
+    for seed in seeds:
+        for label, sc in choices:
             sub = folder / "runs" / f"{label}-s{seed}"
             if cfg.resume and (sub / "results.json").is_file():
-                runs.append(load_search(sub, label=label, seed=seed))
-                tell(f"resume: {label} seed {seed} already finished ({sub})")
-            else:
-                todo.append((label, sc, seed, sub))
+                rec = load_search(sub, label=label, seed=seed)
+                if rec.unique >= cfg.budget or rec.summary.get("stopped") != "budget":
+                    runs.append(rec)
+                    tell(f"resume: {label} seed {seed} already finished ({sub})")
+                    continue
+                # finished with a smaller budget: its checkpoint continues it to this one
+                tell(f"resume: {label} seed {seed}: extending {rec.unique} -> {cfg.budget} "
+                     "unique evaluations")
+            todo.append((label, sc, seed, sub))
     folder.mkdir(parents=True, exist_ok=True)
     write_manifest(folder, {"strategies": [lab for lab, _ in choices], "seeds": seeds,
                             "experiment": name, "config": cfg.model_dump(mode="json")})

@@ -151,3 +151,25 @@ def test_reference_rows_include_extra_rules_and_learned_optimizers(tmp_path):
     # re-reporting reads the saved rows back, without evaluating anything
     again, md2 = reference_section(cfg, tmp_path, [], lambda msg: None, compute=False)
     assert again == pytest.approx(targets) and md2 == md
+
+
+def test_compare_resume_extends_finished_searches_to_a_larger_budget(tmp_path):
+    from searchlab.app import run_comparison
+    from searchlab.runfiles import load_search
+
+    base = TOY + ["strategies=[random,evolution-small]", "seeds=[0,1]", "space=small",
+                  "batch_size=5", f"out={tmp_path}", "rescore.top_k=0", "reps=50"]
+    run_comparison(load_config(base + ["budget=15"]))
+    small = {f.parent.name: [r.key for r in load_search(f.parent).results]
+             for f in tmp_path.glob("runs/*/results.json")}
+    assert len(small) == 4 and all(len(v) == 15 for v in small.values())
+    _, _, runs = run_comparison(load_config(base + ["budget=30", "resume=true"]))
+    assert sorted(r.unique for r in runs) == [30] * 4
+    ref = run_comparison(load_config(TOY + ["strategies=[random,evolution-small]", "seeds=[0,1]",
+                                            "space=small", "batch_size=5", "budget=30",
+                                            f"out={tmp_path / 'ref'}", "rescore.top_k=0",
+                                            "reps=50"]))[2]
+    for a, b in zip(runs, ref):
+        # extended = uninterrupted (serial executor, same seeds), and it kept its first 15
+        assert [r.key for r in a.results] == [r.key for r in b.results]
+        assert [r.key for r in a.results][:15] == small[f"{a.label}-s{a.seed}"]
