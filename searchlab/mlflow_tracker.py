@@ -822,10 +822,21 @@ def _summary_metric(k: str) -> str:
     return f"search/{_key(k)}" if k != "best_reward" else "search/final_best_reward"
 
 
+def sample_run_name(i: int, r: "Result") -> str:
+    """A sample's nested run name: index, reward, status and rule, so the runs table shows
+    what matters without opening columns (``0007 0.7123 ok exp(sign(g)*sign(m))*g``)."""
+    try:
+        reward = f"{float(r.reward):.4f}"        # nan and inf print as such
+    except (TypeError, ValueError):
+        reward = "nan"
+    return _clip(f"{i:04d} {reward} {r.status} {r.rule}", _RUN_NAME_LEN)
+
+
 def _child_fields(i: int, r: "Result", parent_id: str, now: int
                   ) -> tuple[str, dict[str, str], list[tuple[str, str]], list[tuple[str, float]], int]:
-    """A sample's nested run: (name, tags, params, metrics, end time in ms)."""
-    name = _clip(f"{i:04d} {r.rule}", _RUN_NAME_LEN)
+    """A sample's nested run: (name, tags, params, metrics, end time in ms).  Its start
+    time is ``now + i`` ms (:func:`_child_start`), so sorting by start time is sample order."""
+    name = sample_run_name(i, r)
     tags = {"mlflow.parentRunId": parent_id, "searchlab.role": "sample",
             "sample": str(i), "status": r.status, "cached": str(bool(r.cached)).lower()}
     if r.message:
@@ -846,8 +857,15 @@ def _child_fields(i: int, r: "Result", parent_id: str, now: int
     for key in ("asked", "cpu_seconds", "train_examples"):
         if _finite(extra.get(key)):
             metrics.append((key, float(extra[key])))
-    end = now + int(1000 * max(0.0, float(r.seconds) if _finite(r.seconds) else 0.0))
+    end = _child_start(i, now) + int(1000 * max(0.0, float(r.seconds) if _finite(r.seconds)
+                                                else 0.0))
     return name, tags, params, metrics, end
+
+
+def _child_start(i: int, now: int) -> int:
+    """Start time of sample ``i``'s run logged at ``now`` ms: one ms apart per sample,
+    so the UI's default ordering (by start time) lists samples in index order."""
+    return now + i
 
 
 def _log_child(client: Any, exp_id: str, parent_id: str, i: int, r: "Result", now: int) -> None:
@@ -856,7 +874,7 @@ def _log_child(client: Any, exp_id: str, parent_id: str, i: int, r: "Result", no
     from mlflow.entities import Metric, Param
 
     name, tags, params, metrics, end = _child_fields(i, r, parent_id, now)
-    run = client.create_run(exp_id, run_name=name, tags=tags, start_time=now)
+    run = client.create_run(exp_id, run_name=name, tags=tags, start_time=_child_start(i, now))
     client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics],
                      params=[Param(k, v) for k, v in params])
     client.set_terminated(run.info.run_id, status="FINISHED", end_time=end)
@@ -899,7 +917,8 @@ class _SqlChildren:
             run = SqlRun(name=name, run_uuid=run_id, experiment_id=self.experiment_id,
                          artifact_uri=append_to_uri_path(self.artifact_root, run_id, "artifacts"),
                          source_type="UNKNOWN", source_name="", entry_point_name="",
-                         user_id="unknown", status="FINISHED", start_time=now, end_time=end,
+                         user_id="unknown", status="FINISHED", start_time=_child_start(i, now),
+                         end_time=end,
                          deleted_time=None, source_version="", lifecycle_stage="active")
             run.tags = [SqlTag(key=k, value=v) for k, v in {**tags, "mlflow.runName": name}.items()]
             rows.append(run)

@@ -140,25 +140,27 @@ def test_unusual_samples_both_write_paths(store, bulk):
             k.data.params, {m: (v if v == v else "nan") for m, v in k.data.metrics.items()},
             {t: v for t, v in k.data.tags.items() if t != "mlflow.parentRunId"}) for k in kids]
     assert got == [
-        ("0000 g", "FINISHED", 1500, "active", True,
+        ("0000 0.5000 ok g", "FINISHED", 1500, "active", True,
          {"rule": "g", "tokens": "g g id id left", "key": "g", "status": "ok", "cached": "true",
           "seed": "0", "task": "toy", "fidelity": "probe", "fingerprint": "abc"},
          {"sample": 0.0, "reward": 0.5, "seconds": 1.5, "best_lr": 0.1},
-         {"mlflow.runName": "0000 g", "searchlab.role": "sample", "sample": "0", "status": "ok",
+         {"mlflow.runName": "0000 0.5000 ok g", "searchlab.role": "sample", "sample": "0", "status": "ok",
           "cached": "true"}),
-        ("0001 m", "FINISHED", 0, "active", True,
+        ("0001 nan error m", "FINISHED", 0, "active", True,
          {"rule": "m", "tokens": "", "key": "m", "status": "error", "cached": "false",
           "seed": "0", "task": "", "fidelity": ""},
          {"sample": 1.0, "reward": "nan", "seconds": 0.0},
-         {"mlflow.runName": "0001 m", "searchlab.role": "sample", "sample": "1",
+         {"mlflow.runName": "0001 nan error m", "searchlab.role": "sample", "sample": "1",
           "status": "error", "cached": "false", "message": "boom"}),
-        ("0002 v", "FINISHED", 0, "active", True,
+        ("0002 inf ok v", "FINISHED", 0, "active", True,
          {"rule": "v", "tokens": "", "key": "v", "status": "ok", "cached": "false",
           "seed": "0", "task": "", "fidelity": ""},
          {"sample": 2.0, "reward": "nan", "seconds": 0.0, "val_acc": 0.25},
-         {"mlflow.runName": "0002 v", "searchlab.role": "sample", "sample": "2", "status": "ok",
+         {"mlflow.runName": "0002 inf ok v", "searchlab.role": "sample", "sample": "2", "status": "ok",
           "cached": "false"}),
     ]
+    starts = [k.info.start_time for k in kids]     # the UI's start-time order = sample order
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)
     for k in kids:  # metric histories and search filters work on these runs
         assert len(client.get_metric_history(k.info.run_id, "reward")) == 1
     assert len(client.search_runs([exp.experiment_id], "metrics.reward > 0.4")) == 1

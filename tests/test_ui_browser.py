@@ -103,7 +103,8 @@ def test_experiment_page_lists_the_search_and_its_samples(logged):
     from mlflow import MlflowClient
 
     from searchlab.commands.ui import experiment_url
-    from searchlab.mlflow_tracker import _clip
+    from searchlab.mlflow_tracker import sample_run_name
+    from searchlab.result import result_from_json
 
     url, experiment, results = logged
     exp = MlflowClient(url).get_experiment_by_name(experiment)
@@ -127,7 +128,8 @@ def test_experiment_page_lists_the_search_and_its_samples(logged):
         finally:
             browser.close()
     samples = sorted(n for n in names if n[:4].isdigit())
-    expected = sorted(_clip(f"{r['extra']['sample']:04d} {r['rule']}", 200) for r in results)
+    expected = sorted(sample_run_name(r.extra["sample"], r)
+                      for r in map(result_from_json, results))
     assert samples == expected
     assert any(n.startswith("random-toy-") for n in names)
 
