@@ -84,8 +84,19 @@ class Evaluator:
             float rounding (and noise draws, for stochastic rules).
         time_limit: seconds per evaluation (default: the fidelity's); ``timeout`` after.
         reject_invalid: score rules failing the probe ``invalid`` without training.
-        threads: ``torch.set_num_threads`` during evaluations (default: leave as set).
+        threads: torch threads of this process: ``"auto"`` (default) is the task's
+            ``preferred_threads``, the policy of ``searchlab evaluate``: 1 for mnist1d and
+            the problem tasks (their tiny ops only lose from intra-op threads, 10x or more
+            on a busy machine), torch's own setting for cifar10; an int sets that many;
+            None leaves torch's setting alone.
         **task_options: passed to the task (e.g. ``data_dir=`` for ``cifar10``).
+
+    Threads are set once, when the evaluator is created (``torch.set_num_threads``,
+    process-wide, like the allocator settings below), and never switched back and forth
+    around evaluations: toggling the thread count per evaluation made later small ops
+    ~10x slower on a loaded 2-core machine.  An explicit ``torch.set_num_threads`` after
+    creating the evaluator wins.  Unpickling (a worker process of an executor) leaves
+    threads alone: workers run the executor's ``threads`` (default 1).
 
     Creating (or unpickling) an evaluator applies :func:`searchlab.allocator.tune_malloc`
     (glibc malloc settings that stop large activations from page-faulting on every step;
@@ -96,7 +107,7 @@ class Evaluator:
                  cache: RewardCache | str | os.PathLike[str] | None = None,
                  cache_dir: str | os.PathLike[str] | None = None,
                  batched: bool | None = None, time_limit: float | None = None,
-                 reject_invalid: bool = True, threads: int | None = None,
+                 reject_invalid: bool = True, threads: int | str | None = "auto",
                  **task_options: Any) -> None:
         self.task: Task = get_task(task, **task_options)
         self.fidelity: Fidelity = get_fidelity(fidelity)
@@ -109,9 +120,24 @@ class Evaluator:
         self.batched = self.task.batched_default if batched is None else bool(batched)
         self.time_limit = self.fidelity.time_limit if time_limit is None else float(time_limit)
         self.reject_invalid = bool(reject_invalid)
+        if isinstance(threads, str) and threads != "auto":
+            raise ValueError(f"threads must be 'auto', an int or None, got {threads!r}")
         self.threads = threads
         self.trainings = 0
         tune_malloc()
+        self._set_threads()
+
+    def _set_threads(self) -> None:
+        n = self.task_threads
+        if n is not None and torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+    @property
+    def task_threads(self) -> int | None:
+        """The torch thread count this evaluator sets (None: torch's setting is kept)."""
+        if self.threads == "auto":
+            return getattr(self.task, "preferred_threads", None)
+        return None if self.threads is None else int(self.threads)
 
     # --- names -----------------------------------------------------------------------
     @property
@@ -205,9 +231,6 @@ class Evaluator:
         self.trainings += 1
         cpu0 = time.process_time()
         deadline = time.perf_counter() + self.time_limit if self.time_limit is not None else None
-        prev_threads = torch.get_num_threads()
-        if self.threads is not None:
-            torch.set_num_threads(int(self.threads))
         try:
             compiled = compile_rule(r)
             if isinstance(self.task, ClassificationTask):
@@ -224,9 +247,6 @@ class Evaluator:
             out = Outcome("error", message=traceback.format_exc())
         except Exception:  # noqa: BLE001 - evaluate never raises for a bad rule
             out = Outcome("error", message="unexpected error:\n" + traceback.format_exc())
-        finally:
-            if self.threads is not None:
-                torch.set_num_threads(prev_threads)
         reward = out.reward if out.status == "ok" and out.reward is not None else FLOOR_REWARD
         if not math.isfinite(reward):
             reward = FLOOR_REWARD

@@ -22,6 +22,14 @@ network with finite, flat losses (equal logits) whose value depends on float rou
 A sweep where every lr diverged, or a final run that diverged, scores ``diverged``.  The deadline
 (per-evaluation time limit) is checked between steps and raises :class:`Timeout`.
 
+Comparison options (fidelity fields, off in ``paper``/``fast``/``smoke``; see
+:mod:`searchlab.evaluation.fidelity`): ``bn_examples`` recomputes every copy's batch-norm
+statistics from its current weights before each validation
+(:meth:`CopyTrainer.refresh_bn`); ``final_lrs``/``select_epochs`` carry the sweep's best
+lrs into the final run and keep the best of them after ``select_epochs`` epochs;
+``final_copies`` averages the reward over final runs with seeds of their own
+(``Seeds.of(seed, j)``).
+
 Problem tasks.  :func:`run_problems` runs every problem from its seeded starting point
 for ``problem_steps`` steps with each lr (batched over lrs the same way) and scores the
 normalised gap reduction (:mod:`searchlab.tasks.problems`).
@@ -77,8 +85,14 @@ class Seeds:
     noise: int
 
     @classmethod
-    def of(cls, seed: int) -> "Seeds":
-        return cls(derive_seed(seed, "init"), derive_seed(seed, "order"), derive_seed(seed, "noise"))
+    def of(cls, seed: int, copy: int = 0) -> "Seeds":
+        """The streams of evaluation ``seed``; copy ``j >= 1`` of a multi-copy final run
+        (``Fidelity.final_copies``) gets streams of its own (``init/j``, ``order/j``, ...)."""
+        if copy == 0:
+            return cls(derive_seed(seed, "init"), derive_seed(seed, "order"),
+                       derive_seed(seed, "noise"))
+        return cls(derive_seed(seed, f"init/{copy}"), derive_seed(seed, f"order/{copy}"),
+                   derive_seed(seed, f"noise/{copy}"))
 
 
 class CopyTrainer:
@@ -105,6 +119,8 @@ class CopyTrainer:
         self._lr_views: list[Tensor] = []
         self._refresh_lrs()
         self.workspace = _workspace()  # the rule's scratch buffers, reused across steps
+        self.batch_size = 100          # chunk floor of refresh_bn (set by train_epochs)
+        self._bn_momenta: list[float | None] | None = None
 
     def _refresh_lrs(self) -> None:
         lr = torch.tensor([self.lrs[i] for i in self.alive], dtype=torch.float32)
@@ -129,6 +145,7 @@ class CopyTrainer:
         """Train on ``x, y`` for ``epochs`` epochs (the last partial batch is dropped)."""
         n = len(y)
         steps = n // batch_size
+        self.batch_size = batch_size
         prepare = self.task.prepare
         for epoch in range(epochs):
             if not self.alive:
@@ -206,6 +223,59 @@ class CopyTrainer:
         big = torch.stack([p.detach().abs().flatten(1).amax(1) for p in self.model.params]).amax(0)
         return ~(big <= PARAM_LIMIT)
 
+    @torch.no_grad()
+    def refresh_bn(self, x: Tensor) -> None:
+        """Replace every copy's running statistics (its batch-norm buffers) by the batch
+        statistics of its current weights on the prepared training inputs ``x``
+        ("precise BN"): the mean over chunks of ``max(batch size,
+        eval_rows / k)`` examples of each chunk's train-mode statistics.
+
+        The buffers are exponential running averages that the model's train-mode forward
+        updates as ``b <- (1 - m) b + m s`` (torch's batch norm, ``m = 0.1``); ``m`` is
+        read off once per trainer by running a two-example batch from buffers set to 0
+        and to ``2**20`` (train-mode outputs never read the buffers), so each chunk's
+        statistics are ``s = b / m`` after a forward from zeroed buffers.  Buffers the
+        forward does not update that way are left as they are.  Training never reads the
+        buffers, so the refresh changes validation only."""
+        bufs = self.model.buffers
+        if not bufs or not self.alive or len(x) == 0:
+            return
+        if self._bn_momenta is None:
+            self._bn_momenta = self._probe_momenta(x[:2])
+        saved = [b.clone() for b in bufs]
+        total = [torch.zeros_like(b) for b in bufs]
+        n = len(x)
+        chunk = max(self.batch_size, self.task.eval_rows // len(self.alive))
+        for lo in range(0, n, chunk):
+            xc = x[lo:lo + chunk]
+            for b in bufs:
+                b.zero_()
+            self.model.forward(xc, train=True)
+            for t, b in zip(total, bufs):
+                t.add_(b, alpha=len(xc) / n)
+        for b, t, m, old in zip(bufs, total, self._bn_momenta, saved):
+            b.copy_(t / m if m is not None else old)
+
+    def _probe_momenta(self, x: Tensor) -> list[float | None]:
+        bufs = self.model.buffers
+        saved = [b.clone() for b in bufs]
+        for b in bufs:
+            b.zero_()
+        self.model.forward(x, train=True)
+        from_zero = [b.clone() for b in bufs]
+        big = float(2 ** 20)
+        for b in bufs:
+            b.fill_(big)
+        self.model.forward(x, train=True)
+        out: list[float | None] = []
+        for b, z, old in zip(bufs, from_zero, saved):
+            m = 1.0 - (b.double() - z.double()) / big      # b - z = (1 - m) * big
+            mean = float(m.mean())
+            ok = 1e-4 < mean <= 1.0 and float((m - mean).abs().max()) < 1e-4
+            out.append(mean if ok else None)
+            b.copy_(old)
+        return out
+
 
 def _prepare_all(task: ClassificationTask, x: Tensor) -> Tensor:
     parts = [task.prepare(x[lo:lo + VAL_CHUNK]) for lo in range(0, len(x), VAL_CHUNK)]
@@ -236,7 +306,16 @@ def _sizes(fid: Fidelity, splits: Splits) -> tuple[int, int, int]:
 def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, fid: Fidelity,
                        seed: int, batched: bool, deadline: float | None,
                        test: bool = False) -> Outcome:
-    """Paper 4.2: sweep the lrs, train the best one for the final run, score validation."""
+    """Paper 4.2: sweep the lrs, train the best one for the final run, score validation.
+
+    The fidelity's comparison options (all off in ``paper``/``fast``/``smoke``):
+    ``bn_examples`` recomputes the batch-norm statistics before every validation
+    (:meth:`CopyTrainer.refresh_bn`); ``final_lrs > 1`` starts the final run with the
+    sweep's best ``final_lrs`` lrs (stacked, the same seeds) and keeps the best of them
+    after ``select_epochs`` final epochs (0: at its end); ``final_copies > 1`` trains that
+    many final runs at the chosen lr, copy ``j`` with the seeds ``Seeds.of(seed, j)``,
+    and the reward is the mean of their validation accuracies (a copy that diverged
+    counts ``0``)."""
     n_sweep, n_final, n_val = _sizes(fid, splits)
     bs = fid.batch_size
     if min(n_sweep, n_final) < bs:
@@ -246,8 +325,15 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
     xv = _prepare_all(task, splits.val_x[:n_val])
     yv = splits.val_y[:n_val]
     x_sweep, y_sweep = splits.train_x[:n_sweep], splits.train_y[:n_sweep]
+    x_final, y_final = splits.train_x[:n_final], splits.train_y[:n_final]
     sweep_total = (n_sweep // bs) * fid.sweep_epochs
     lrs = list(fid.lrs)
+    bn_sweep, bn_final = _bn_inputs(task, fid, x_sweep), _bn_inputs(task, fid, x_final)
+
+    def validate(tr: CopyTrainer, bn_x: Tensor | None) -> tuple[list[float], list[float]]:
+        if bn_x is not None:
+            tr.refresh_bn(bn_x)
+        return tr.validate(xv, yv)
 
     # --- sweep: every lr for sweep_epochs on n_sweep examples --------------------------
     groups = [list(range(len(lrs)))] if batched else [[i] for i in range(len(lrs))]
@@ -262,13 +348,13 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
 
         def after(epoch: int, tr: CopyTrainer = tr, group: list[int] = group,
                   last_val: list = last_val) -> None:
-            a, l = tr.validate(xv, yv)
+            a, l = validate(tr, bn_sweep)
             for row, copy in enumerate(tr.alive):
                 curves[group[copy]].append(a[row])
             last_val[:] = [(a, l)] if epoch == fid.sweep_epochs - 1 else []
 
         tr.train_epochs(x_sweep, y_sweep, fid.sweep_epochs, bs, deadline, after)
-        a, l = last_val[0] if last_val else tr.validate(xv, yv)
+        a, l = last_val[0] if last_val else validate(tr, bn_sweep)
         for row, copy in enumerate(tr.alive):
             i = group[copy]
             if math.isfinite(l[row]):
@@ -279,9 +365,9 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
         for copy, step in tr.diverged.items():
             diverged[group[copy]] = step
         if not batched:
-            # keep only what a continuation may need: the best lr so far
-            best_so_far = _best(acc, loss)
-            trainers = {i: t for i, t in trainers.items() if i == best_so_far}
+            # keep only what a continuation may need: the best lr(s) so far
+            keep = set(_ranked(acc, loss)[:fid.final_lrs])
+            trainers = {i: t for i, t in trainers.items() if i in keep}
     sweep = tuple((lrs[i], acc.get(i, math.nan)) for i in range(len(lrs)))
     extra: dict[str, Any] = {
         "sweep_loss": [loss.get(i, math.nan) for i in range(len(lrs))],
@@ -289,64 +375,125 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
         "batched": batched,
         "examples": {"sweep": n_sweep, "final": n_final, "val": n_val},
     }
-    best = _best(acc, loss)
-    if best is None:
+    tops = _ranked(acc, loss)[:fid.final_lrs]
+    if not tops:
         return Outcome("diverged", sweep=sweep, message="every learning rate of the sweep "
                        "diverged (NaN/inf or exploded loss, or exploded weights)", extra=extra)
-    best_lr = lrs[best]
+    best_lr = lrs[tops[0]]
 
-    # --- final run with the best lr ------------------------------------------------------
+    # --- final run with the best lr (or the best final_lrs lrs, then the best of them) ---
     final_total = (n_final // bs) * fid.final_epochs
     can_continue = (not compiled.uses_decay and n_final == n_sweep
-                    and fid.final_epochs >= fid.sweep_epochs)
+                    and fid.final_epochs >= fid.sweep_epochs
+                    and len({id(trainers[i][0]) for i in tops}) == 1)
     if can_continue:
-        tr, copy = trainers[best]
-        tr.keep([tr.alive.index(copy)])
+        tr, _ = trainers[tops[0]]
+        tr.keep([tr.alive.index(trainers[i][1]) for i in tops])
         tr.total_steps = final_total
-        curve = list(curves[best])
+        done = fid.sweep_epochs
+        final_curves = {lrs[i]: list(curves[i]) for i in tops}
         epochs_left = fid.final_epochs - fid.sweep_epochs
     else:
-        tr = CopyTrainer(task, compiled, [best_lr], seeds, final_total)
-        curve = []
+        tr = CopyTrainer(task, compiled, [lrs[i] for i in tops], seeds, final_total)
+        done = 0
+        final_curves = {lrs[i]: [] for i in tops}
         epochs_left = fid.final_epochs
     trainers.clear()
-    x_final, y_final = splits.train_x[:n_final], splits.train_y[:n_final]
-    last: list[tuple[float, float]] = []
+    last: list[tuple[list[float], list[float]]] = []
+    if len(tops) > 1:
+        extra["final_lrs"] = [lrs[i] for i in tops]
+
+    def select(a: list[float], l: list[float]) -> None:
+        """Keep the best surviving lr of the final run (ties: lower loss, smaller lr)."""
+        rows = [r for r in range(len(tr.alive)) if math.isfinite(l[r])] or list(range(len(tr.alive)))
+        row = min(rows, key=lambda r: (-a[r], l[r], tr.lrs[tr.alive[r]]))
+        extra["final_scores"] = [[tr.lrs[c], a[r]] for r, c in enumerate(tr.alive)]
+        tr.keep([row])
+        last[:] = [([a[row]], [l[row]])]
 
     def after_final(epoch: int) -> None:
-        a, l = tr.validate(xv, yv)
+        a, l = validate(tr, bn_final)
         if a:
-            curve.append(a[0])
-            last[:] = [(a[0], l[0])]
+            for row, copy in enumerate(tr.alive):
+                final_curves[tr.lrs[copy]].append(a[row])
+            last[:] = [(a, l)]
+            if len(tr.alive) > 1 and done + epoch + 1 == fid.select_epochs:
+                select(a, l)
 
+    if len(tr.alive) > 1 and 0 < fid.select_epochs <= done:   # chosen by the sweep's scores
+        select([acc[i] for i in tops], [loss[i] for i in tops])
     tr.train_epochs(x_final, y_final, epochs_left, bs, deadline, after_final)
     extra["continued"] = can_continue
     extra["steps"] = tr.step
     if not tr.alive:
-        return Outcome("diverged", best_lr=best_lr, sweep=sweep, curve=tuple(curve),
-                       message=f"the final run with lr {best_lr:g} diverged at step "
-                               f"{tr.diverged.get(0, tr.step)}", extra=extra)
-    if epochs_left == 0 or not last:
-        a, l = tr.validate(xv, yv)
-        last = [(a[0], l[0])]
-    val_acc, val_loss = last[0]
+        lr_text = "/".join(f"{lrs[i]:g}" for i in tops)
+        return Outcome("diverged", best_lr=best_lr, sweep=sweep,
+                       curve=tuple(final_curves[best_lr]),
+                       message=f"the final run with lr {lr_text} diverged at step "
+                               f"{max(tr.diverged.values(), default=tr.step)}", extra=extra)
+    if epochs_left == 0 or not last or len(last[0][0]) != len(tr.alive):
+        last[:] = [validate(tr, bn_final)]
+    if len(tr.alive) > 1:
+        select(*last[0])
+    chosen_lr = tr.lrs[tr.alive[0]]
+    curve = final_curves[chosen_lr]
+    val_acc, val_loss = last[0][0][0], last[0][1][0]
     if not math.isfinite(val_loss):
-        return Outcome("diverged", best_lr=best_lr, sweep=sweep, curve=tuple(curve),
+        return Outcome("diverged", best_lr=chosen_lr, sweep=sweep, curve=tuple(curve),
                        message="validation loss of the final run is not finite, or its "
                                f"weights exceeded {PARAM_LIMIT:g}", extra=extra)
+    if chosen_lr != best_lr:
+        extra["sweep_best_lr"] = best_lr
+    tests: list[tuple[float, float]] = []
     if test:
         xt = _prepare_all(task, splits.test_x)
         ta, tl = tr.validate(xt, splits.test_y)
-        extra["test_reward"], extra["test_loss"] = ta[0], tl[0]
-    return Outcome("ok", reward=val_acc, best_lr=best_lr, sweep=sweep, curve=tuple(curve),
+        tests.append((ta[0], tl[0]))
+    if fid.final_copies > 1:
+        accs, losses = [val_acc], [val_loss]
+        for j in range(1, fid.final_copies):
+            trj = CopyTrainer(task, compiled, [chosen_lr], Seeds.of(seed, j), final_total)
+            trj.train_epochs(x_final, y_final, fid.final_epochs, bs, deadline)
+            a, l = validate(trj, bn_final) if trj.alive else ([], [])
+            if not a or not math.isfinite(l[0]):
+                accs.append(0.0)      # a copy that diverged: FLOOR_REWARD
+                losses.append(math.inf)
+                continue
+            accs.append(a[0])
+            losses.append(l[0])
+            if test:
+                ta, tl = trj.validate(xt, splits.test_y)
+                tests.append((ta[0], tl[0]))
+        extra["copies"] = accs
+        extra["copy_losses"] = losses
+        val_acc = sum(accs) / len(accs)
+        finite = [x for x in losses if math.isfinite(x)]
+        val_loss = sum(finite) / len(finite)
+    if tests:
+        extra["test_reward"] = sum(t[0] for t in tests) / len(tests)
+        extra["test_loss"] = sum(t[1] for t in tests) / len(tests)
+    return Outcome("ok", reward=val_acc, best_lr=chosen_lr, sweep=sweep, curve=tuple(curve),
                    val_loss=val_loss, val_acc=val_acc, extra=extra)
+
+
+def _bn_inputs(task: ClassificationTask, fid: Fidelity, x: Tensor) -> Tensor | None:
+    """Prepared training inputs for :meth:`CopyTrainer.refresh_bn` (None: no refresh)."""
+    if fid.bn_examples == 0:
+        return None
+    n = len(x) if fid.bn_examples is None else min(fid.bn_examples, len(x))
+    return _prepare_all(task, x[:n])
+
+
+def _ranked(acc: dict[int, float], loss: dict[int, float]) -> list[int]:
+    """Lr indices, best first: highest validation accuracy; ties -> lower validation loss,
+    then smaller lr."""
+    return sorted(acc, key=lambda i: (-acc[i], loss[i], i))
 
 
 def _best(acc: dict[int, float], loss: dict[int, float]) -> int | None:
     """Highest validation accuracy; ties -> lower validation loss, then smaller lr."""
-    if not acc:
-        return None
-    return min(acc, key=lambda i: (-acc[i], loss[i], i))
+    ranked = _ranked(acc, loss)
+    return ranked[0] if ranked else None
 
 
 # --------------------------------------------------------------------------------------

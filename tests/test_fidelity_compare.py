@@ -1,0 +1,243 @@
+"""The comparison fidelity's protocol options (searchlab.evaluation.protocol): recomputed
+batch-norm statistics, the final run over the sweep's best lrs with a selection, seeded
+final copies; fidelity keys; ``paper``/``fast`` unchanged; the evaluator's thread policy.
+
+Every check recomputes the expected value directly from :class:`CopyTrainer` (or torch)
+instead of comparing with numbers printed by the code under test."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from dataclasses import fields
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from searchlab.dsl import parse
+from searchlab.evaluate import FIDELITIES, Evaluator, get_fidelity
+from searchlab.evaluation.protocol import CopyTrainer, Seeds, _prepare_all, _ranked
+from searchlab.optim import compile_rule
+
+M1D = {"num_samples": 1200}   # 800 train / 200 validation / 200 test signals
+NEW_FIELDS = {"bn_examples": 0, "final_lrs": 1, "select_epochs": 0, "final_copies": 1}
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEARCHLAB_CACHE", str(tmp_path_factory.getbasetemp() / "searchlab-cache"))
+    torch.set_num_threads(1)
+
+
+def ev_of(fidelity: str, **kw: Any) -> Evaluator:
+    return Evaluator("mnist1d", fidelity, **{**M1D, **kw})
+
+
+def _data(ev: Evaluator, fid: Any) -> tuple[Any, ...]:
+    s = ev.task.load()
+    n = len(s.train_y) if fid.final_examples is None else min(fid.final_examples, len(s.train_y))
+    nv = len(s.val_y) if fid.val_examples is None else min(fid.val_examples, len(s.val_y))
+    return s.train_x[:n], s.train_y[:n], _prepare_all(ev.task, s.val_x[:nv]), s.val_y[:nv]
+
+
+# --- names and keys ------------------------------------------------------------------------
+def test_compare_is_registered_with_its_own_key_and_config() -> None:
+    from searchlab.config import CONFIG_DIR
+
+    compare, fast = get_fidelity("compare"), get_fidelity("fast")
+    assert "compare" in FIDELITIES.names() and compare.key == "compare" != fast.key
+    assert (CONFIG_DIR / "fidelity" / "compare.yaml").is_file()
+    # the options that make it a comparison protocol differ from fast's ...
+    assert any(getattr(compare, k) != v for k, v in NEW_FIELDS.items())
+    # ... and the problem tasks read only lrs and problem_steps, which it shares with fast
+    assert (compare.lrs, compare.problem_steps) == (fast.lrs, fast.problem_steps)
+
+
+def test_new_fields_are_part_of_the_protocol_key() -> None:
+    for k, v in {"bn_examples": 500, "final_lrs": 2, "select_epochs": 1, "final_copies": 3}.items():
+        f = get_fidelity(f"fast+{k}={v}")
+        assert f.key == f"fast+{k}={v}" and getattr(f, k) == v and get_fidelity(f.key) == f
+    f = get_fidelity("fast+bn_examples=all")
+    assert f.bn_examples is None and f.key == "fast+bn_examples=None"
+    with pytest.raises(ValueError):
+        get_fidelity("fast+select_epochs=4")      # beyond final_epochs (3)
+    with pytest.raises(ValueError):
+        get_fidelity("fast+final_copies=0")
+
+
+def test_paper_and_fast_keep_their_protocols() -> None:
+    for name in ("paper", "fast", "smoke"):
+        f = FIDELITIES.get(name)
+        assert {k: getattr(f, k) for k in NEW_FIELDS} == NEW_FIELDS and f.key == name
+    names = {f.name for f in fields(FIDELITIES.get("fast"))}
+    assert set(NEW_FIELDS) <= names
+
+
+def test_fast_reward_is_the_plain_sweep_then_continued_final_run() -> None:
+    """fast-shaped protocol (smoke sizes): batched sweep, best lr, its sweep run continued;
+    recomputed here with CopyTrainer calls, not with run_classification."""
+    ev = ev_of("smoke")
+    fid = ev.fidelity
+    r = ev.evaluate("exp(sign(g)*sign(m))*g", seed=2, use_cache=False)
+    x, y, xv, yv = _data(ev, fid)
+    bs = fid.batch_size
+    tr = CopyTrainer(ev.task, compile_rule(parse("exp(sign(g)*sign(m))*g")), list(fid.lrs),
+                     Seeds.of(2), (len(y) // bs) * fid.sweep_epochs)
+    tr.train_epochs(x, y, fid.sweep_epochs, bs, None)
+    acc, loss = tr.validate(xv, yv)
+    best = min(range(len(acc)), key=lambda i: (-acc[i], loss[i], i))
+    assert [a for _, a in r.sweep] == acc and r.best_lr == fid.lrs[best]
+    tr.keep([best])
+    tr.total_steps = (len(y) // bs) * fid.final_epochs
+    tr.train_epochs(x, y, fid.final_epochs - fid.sweep_epochs, bs, None)
+    assert r.reward == tr.validate(xv, yv)[0][0] and r.extra["continued"] is True
+    assert "copies" not in r.extra and "final_lrs" not in r.extra
+
+
+# --- ranking and selection -------------------------------------------------------------------
+def test_ranking_rule_on_a_hand_made_sweep() -> None:
+    # accuracy first; equal accuracy -> lower loss; equal both -> smaller lr (lower index)
+    acc = {0: 0.50, 1: 0.70, 2: 0.70, 3: 0.70, 4: 0.65}
+    loss = {0: 1.0, 1: 0.90, 2: 0.80, 3: 0.80, 4: 0.10}
+    assert _ranked(acc, loss) == [2, 3, 1, 4, 0]
+    assert _ranked({}, {}) == []
+
+
+def test_final_lrs_selection_keeps_the_best_after_select_epochs() -> None:
+    """final_lrs=2, select_epochs=1: the sweep's two best lrs train together (fresh, same
+    seeds) for one final epoch; the better one (by the ranking rule) goes on alone."""
+    fid_text = "smoke+final_lrs=2,select_epochs=1"
+    ev = ev_of(fid_text, batched=False)       # sequential sweep: the pair is trained afresh
+    fid = ev.fidelity
+    rule = "(1+sign(g)*sign(m))*g"
+    r = ev.evaluate(rule, seed=4, use_cache=False)
+    assert r.status == "ok"
+    sweep_acc = {i: a for i, (_, a) in enumerate(r.sweep)}
+    sweep_loss = dict(enumerate(r.extra["sweep_loss"]))
+    top2 = _ranked(sweep_acc, sweep_loss)[:2]
+    assert r.extra["final_lrs"] == [fid.lrs[i] for i in top2]
+    x, y, xv, yv = _data(ev, fid)
+    bs, total = fid.batch_size, (len(y) // fid.batch_size) * fid.final_epochs
+    pair = CopyTrainer(ev.task, compile_rule(parse(rule)), [fid.lrs[i] for i in top2],
+                       Seeds.of(4), total)
+    pair.train_epochs(x, y, 1, bs, None)
+    a, l = pair.validate(xv, yv)
+    assert r.extra["final_scores"] == [[fid.lrs[i], a[k]] for k, i in enumerate(top2)]
+    row = min(range(2), key=lambda k: (-a[k], l[k], fid.lrs[top2[k]]))
+    assert r.best_lr == fid.lrs[top2[row]]
+    pair.keep([row])
+    pair.train_epochs(x, y, fid.final_epochs - 1, bs, None)
+    assert r.reward == pair.validate(xv, yv)[0][0]
+
+
+# --- final copies ------------------------------------------------------------------------------
+def test_multi_copy_reward_is_the_mean_of_copies_trained_one_at_a_time() -> None:
+    ev = ev_of("smoke+final_copies=3", batched=False)  # copy 0 = the sequential sweep run, continued
+    fid = ev.fidelity
+    rule = "m"
+    r = ev.evaluate(rule, seed=1, use_cache=False, test=True)
+    assert r.status == "ok" and len(r.extra["copies"]) == 3
+    x, y, xv, yv = _data(ev, fid)
+    s = ev.task.load()
+    bs, total = fid.batch_size, (len(y) // fid.batch_size) * fid.final_epochs
+    accs, tests = [], []
+    for j in range(3):
+        tr = CopyTrainer(ev.task, compile_rule(parse(rule)), [r.best_lr], Seeds.of(1, j), total)
+        tr.train_epochs(x, y, fid.final_epochs, bs, None)
+        accs.append(tr.validate(xv, yv)[0][0])
+        tests.append(tr.validate(_prepare_all(ev.task, s.test_x), s.test_y)[0][0])
+    assert r.extra["copies"] == accs and len(set(accs)) > 1     # the copies' seeds differ
+    assert r.reward == pytest.approx(sum(accs) / 3, abs=1e-12) == r.val_acc
+    assert r.extra["test_reward"] == pytest.approx(sum(tests) / 3, abs=1e-12)
+    assert Seeds.of(1, 0) == Seeds.of(1) and Seeds.of(1, 1) != Seeds.of(1, 2)
+
+
+# --- recomputed batch-norm statistics ----------------------------------------------------------
+def test_refresh_bn_sets_the_batch_statistics_of_the_current_weights() -> None:
+    ev = ev_of("smoke")
+    s = ev.task.load()
+    x, y = s.train_x[:800], s.train_y[:800]
+    tr = CopyTrainer(ev.task, compile_rule(parse("adam")), [1e-3, 1e-2], Seeds.of(0), 8)
+    tr.train_epochs(x, y, 1, 100, None)
+    running = [b.clone() for b in tr.model.buffers]
+    xb = x[:400]
+    tr.refresh_bn(xb)
+    assert tr._bn_momenta == pytest.approx([0.1] * 4, abs=1e-5)   # torch's BN momentum
+    # layer 1 by hand: conv1 as windows @ weights, statistics over (examples, positions) of
+    # each chunk, averaged over the chunks (chunk = max(batch, eval_rows // k) = 350)
+    w1, b1 = tr.model.params[0].detach(), tr.model.params[1].detach()
+    k, c = b1.shape
+    chunk = max(100, ev.task.eval_rows // k)
+    means, varis, sizes = [], [], []
+    for lo in range(0, len(xb), chunk):
+        xc = xb[lo:lo + chunk]
+        win = F.pad(xc, (2, 2)).unfold(1, 5, 2).reshape(-1, 5)
+        h = torch.addmm(b1.reshape(1, k * c), win, w1.reshape(k * c, 5).t())
+        means.append(h.mean(0))
+        varis.append(h.var(0))
+        sizes.append(len(xc))
+    mean = sum(m * n for m, n in zip(means, sizes)) / len(xb)
+    var = sum(v * n for v, n in zip(varis, sizes)) / len(xb)
+    assert torch.allclose(tr.model.buffers[0].view(-1), mean, atol=1e-5)
+    assert torch.allclose(tr.model.buffers[1].view(-1), var, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(running[1], tr.model.buffers[1])    # it did change them
+
+
+def test_bn_refresh_changes_validation_only() -> None:
+    """bn_examples leaves training (the sweep's ranking inputs aside) untouched: with
+    the same seeds the trained weights are identical."""
+    rule = compile_rule(parse("sign(m)"))
+    ev = ev_of("smoke")
+    s = ev.task.load()
+    x, y = s.train_x[:800], s.train_y[:800]
+    xv = _prepare_all(ev.task, s.val_x)
+    a = CopyTrainer(ev.task, rule, [1e-2], Seeds.of(3), 16)
+    b = CopyTrainer(ev.task, rule, [1e-2], Seeds.of(3), 16)
+    a.train_epochs(x, y, 2, 100, None, lambda e: a.validate(xv, s.val_y))
+    b.train_epochs(x, y, 2, 100, None, lambda e: (b.refresh_bn(x), b.validate(xv, s.val_y)))
+    assert all(torch.equal(p, q) for p, q in zip(a.model.params, b.model.params))
+
+
+# --- problem tasks ---------------------------------------------------------------------------
+@pytest.mark.parametrize("task", ["rosenbrock", "ensemble"])
+def test_problem_tasks_score_the_same_at_compare_and_fast(task: str) -> None:
+    a = Evaluator(task, "compare").evaluate("adam", seed=1, use_cache=False)
+    b = Evaluator(task, "fast").evaluate("adam", seed=1, use_cache=False)
+    assert a.status == b.status == "ok" and a.fidelity == "compare"
+    assert (a.reward, a.best_lr, a.sweep) == (b.reward, b.best_lr, b.sweep)
+
+
+# --- thread policy -----------------------------------------------------------------------------
+_THREADS = r"""
+import torch
+torch.set_num_threads(2)
+from searchlab.evaluate import Evaluator
+out = []
+ev = Evaluator("rosenbrock", "smoke")             # default "auto": the task's 1 thread
+out.append(torch.get_num_threads())
+ev.evaluate("adam", seed=0, use_cache=False)
+out.append(torch.get_num_threads())                # not toggled around the evaluation
+torch.set_num_threads(2)
+ev.evaluate("m", seed=0, use_cache=False)
+out.append(torch.get_num_threads())                # an explicit setting afterwards wins
+Evaluator("rosenbrock", "smoke", threads=None)
+out.append(torch.get_num_threads())                # None: left alone
+Evaluator("ensemble", "smoke", threads=3)
+out.append(torch.get_num_threads())
+Evaluator("cifar10", "smoke", threads="auto")      # cifar10 prefers torch's own setting
+out.append(torch.get_num_threads())
+print(out)
+"""
+
+
+def test_evaluator_sets_the_cli_thread_policy_once() -> None:
+    from searchlab.tasks import TASKS
+
+    assert TASKS.get("mnist1d").preferred_threads == 1 and TASKS.get("cifar10").preferred_threads is None
+    res = subprocess.run([sys.executable, "-c", _THREADS], capture_output=True, text=True, check=True)
+    assert res.stdout.strip().splitlines()[-1] == "[1, 1, 2, 2, 3, 3]"
+    with pytest.raises(ValueError):
+        Evaluator("rosenbrock", "smoke", threads="many")
