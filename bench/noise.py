@@ -137,6 +137,7 @@ def report(rows: list[dict[str, Any]], baseline: str) -> str:
         lines += ["", f"median std {summary[f]['median']:.4f}, max std {summary[f]['max']:.4f}, "
                       f"max 1-vs-2-thread difference {summary[f]['diff']:.4f}, "
                       f"mean CPU {summary[f]['cpu']:.2f} s / eval", ""]
+    lines += _side_by_side(by, fids, rules)
     if baseline in summary:
         lines.append("| fidelity | median std | max std | max abs(1t - 2t) | CPU s / eval | CPU x "
                      f"{baseline} |")
@@ -152,6 +153,29 @@ def report(rows: list[dict[str, Any]], baseline: str) -> str:
                       f"(median {statistics.median(loads):.1f}); {len(rows)} evaluations, "
                       f"torch {rows[0].get('torch', '?')}"]
     return "\n".join(lines)
+
+
+def _side_by_side(by: dict[tuple[str, str, int], dict[int, dict[str, Any]]], fids: list[str],
+                  rules: list[tuple[str, str]]) -> list[str]:
+    """One row per rule, one column per fidelity: mean +- std [min, max] over the seeds
+    (1 thread), the largest 1-vs-2-thread difference, CPU seconds per evaluation."""
+    head = "| rule | " + " | ".join(f"`{f}`: mean ± std [min, max]; Δ1t/2t; CPU s" for f in fids) + " |"
+    lines = ["### side by side", "", head, "|---|" + "---|" * len(fids)]
+    for label, rule in rules:
+        cells = []
+        for f in fids:
+            one, two = by.get((f, rule, 1), {}), by.get((f, rule, 2), {})
+            vals = [one[k]["reward"] for k in sorted(one)]
+            if len(vals) < 2:
+                cells.append("-")
+                continue
+            common = sorted(set(one) & set(two))
+            d = max((abs(one[k]["reward"] - two[k]["reward"]) for k in common), default=float("nan"))
+            cpu = statistics.mean(one[k]["cpu"] for k in one)
+            cells.append(f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f} "
+                         f"[{min(vals):.3f}, {max(vals):.3f}]; {d:.3f}; {cpu:.2f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _split(text: str) -> list[str]:
