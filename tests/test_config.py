@@ -131,7 +131,8 @@ def test_space_config_builds_the_space():
 
 
 def test_names_encode_settings():
-    cfg = load_config(["strategy=evolution", "task=toy", "seed=3", "fidelity.options.final_epochs=2"])
+    cfg = load_config(["strategy=evolution", "task=toy", "seed=3", "fidelity=fast",
+                       "fidelity.options.final_epochs=2"])
     assert cfg.fidelity_name == "fast+final_epochs=2"
     assert cfg.run_name() == "evolution-toy-fast+final_epochs=2-s3"
 
