@@ -577,7 +577,7 @@ class MlflowTracker(Tracker):
             if _finite(asked):
                 metrics.append(Metric("search/asked", float(asked), now, i))
             metrics.append(Metric("search/cpu_seconds", self._cpu, now, i))
-        client, run_id, exp_id = self.client, self.run_id, self.experiment_id
+        client, run_id = self.client, self.run_id
         payload = ([(first_index + j, r) for j, r in enumerate(results)
                     if first_index + j not in self._present_children]
                    if self.child_runs else [])

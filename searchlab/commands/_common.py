@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..app import say
 from ..config import COMPARE_KEYS, Config, ConfigError, config_reference, load_config
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from ..tracking import Tracker
 
-__all__ = ["add_config_arguments", "fail", "load_or_fail", "print_tracking", "reference_text",
-           "say"]
+__all__ = ["add_config_arguments", "fail", "load_or_fail", "options_parser", "print_tracking",
+           "reference_text", "say"]
 
 
 def reference_text(prefix: str = "") -> str:
@@ -32,6 +34,21 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
                         "config=experiment/quick loads a ready experiment")
     p.add_argument("--config", metavar="FILE", default=None,
                    help="a YAML config file (applied after configs/default.yaml)")
+
+
+def options_parser(sub: Any, name: str, model: "type[BaseModel]", *, help: str,
+                   description: str, examples: Sequence[str], width: int = 8,
+                   defaults: bool = False) -> argparse.ArgumentParser:
+    """The parser of a command whose options are a pydantic ``model`` of ``key=value``
+    words: the options table (each field's description, optionally its default) and
+    ``examples`` go into the epilog.  The command adds its own positional arguments."""
+    rows = "\n".join(f"  {k:<{width}} {f.description}"
+                     + (f" [default: {f.default}]" if defaults else "")
+                     for k, f in model.model_fields.items())
+    return sub.add_parser(name, help=help, description=description,
+                          epilog="options (key=value):\n" + rows + "\n\nexamples:\n"
+                                 + "".join(f"  {e}\n" for e in examples),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def print_tracking(tracker: "Tracker") -> None:

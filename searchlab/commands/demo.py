@@ -99,7 +99,6 @@ def run(args: argparse.Namespace) -> int:
     import torch  # here, not at import: `searchlab --help` stays fast
 
     from searchlab.dsl import parse
-    from searchlab.optim import AddSign, PowerSign, RuleOptimizer
 
     print("Rules (text -> canonical key, tokens, state read):")
     for label, text in DEMO_RULES:

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import ConfigError, parse_model
-from ._common import fail, say
+from ._common import fail, options_parser, say
 
 
 class ExportOptions(BaseModel):
@@ -134,15 +134,13 @@ def _pick(opts: ExportOptions) -> tuple[str, float | None, str]:
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    rows = "\n".join(f"  {k:<8} {f.description}" for k, f in ExportOptions.model_fields.items())
-    p = sub.add_parser("export", help="write a found rule as a Python snippet (RuleOptimizer)",
+    p = options_parser(sub, "export", ExportOptions,
+                       help="write a found rule as a Python snippet (RuleOptimizer)",
                        description="Write a found rule as a short Python module defining "
                                    "make_optimizer(params) -> searchlab.optim.RuleOptimizer.",
-                       epilog="options (key=value):\n" + rows + "\n\nexamples:\n"
-                              "  searchlab export source=runs/<search or compare folder>\n"
-                              "  searchlab export source=runs/<folder> rank=2 out=my_rule.py\n"
-                              "  searchlab export rule='exp(sign(g)*sign(m))*g' lr=0.01\n",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       examples=["searchlab export source=runs/<search or compare folder>",
+                                 "searchlab export source=runs/<folder> rank=2 out=my_rule.py",
+                                 "searchlab export rule='exp(sign(g)*sign(m))*g' lr=0.01"])
     p.add_argument("overrides", nargs="*", metavar="key=value", help="source=, rule=, rank=, out=")
     return p
 

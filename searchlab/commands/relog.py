@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import ConfigError, parse_model
-from ._common import fail, say
+from ._common import fail, options_parser, say
 
 #: config keys that are not a search's parameters (as ``searchlab.app.run_one_search``)
 _NOT_PARAMS = ("strategies", "seeds", "report", "threshold", "resume", "quiet", "reps")
@@ -41,15 +41,13 @@ class RelogOptions(BaseModel):
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    rows = "\n".join(f"  {k:<10} {f.description}" for k, f in RelogOptions.model_fields.items())
-    p = sub.add_parser("relog", help="log a finished run folder into MLflow again",
+    p = options_parser(sub, "relog", RelogOptions, width=10,
+                       help="log a finished run folder into MLflow again",
                        description="Log a finished search's run folder (results.json, "
                                    "config.yaml) into MLflow as a new parent run with its "
                                    "samples, e.g. after its mlflow.db was lost.",
-                       epilog="options (key=value):\n" + rows + "\n\nexamples:\n"
-                              "  searchlab relog runs/random-mnist1d-fast-s0-20250101-120000\n"
-                              "  searchlab relog runs/<folder> tracking.uri=http://127.0.0.1:5000\n",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       examples=["searchlab relog runs/random-mnist1d-fast-s0-20250101-120000",
+                                 "searchlab relog runs/<folder> tracking.uri=http://127.0.0.1:5000"])
     p.add_argument("folder", help="a finished search's run folder (holds results.json)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="uri=, run_dir=, experiment=")
     return p

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import ConfigError, parse_model
-from ._common import fail
+from ._common import fail, options_parser
 
 __all__ = ["Entry", "ListOptions", "describe", "entries", "journal_results"]
 
@@ -221,17 +221,14 @@ def table(rows: list[Entry]) -> str:
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    rows = "\n".join(f"  {k:<8} {f.description} [default: {f.default}]"
-                     for k, f in ListOptions.model_fields.items())
-    p = sub.add_parser("list", help="list the searches and comparisons of a run directory",
+    p = options_parser(sub, "list", ListOptions, defaults=True,
+                       help="list the searches and comparisons of a run directory",
                        description="List the searches and comparisons in a run directory: "
                                    "status (finished, or interrupted: killed or still "
                                    "running), strategy, task, budget, best reward, folder.",
-                       epilog="options (key=value):\n" + rows + "\n\nexamples:\n"
-                              "  searchlab list\n"
-                              "  searchlab list run_dir=elsewhere format=json\n"
-                              "  searchlab show <folder>        # one of them in detail\n",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       examples=["searchlab list",
+                                 "searchlab list run_dir=elsewhere format=json",
+                                 "searchlab show <folder>        # one of them in detail"])
     p.add_argument("overrides", nargs="*", metavar="key=value", help="run_dir=, format=")
     return p
 

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import ConfigError, parse_model
-from ._common import fail
+from ._common import fail, options_parser
 
 
 class ShowOptions(BaseModel):
@@ -123,15 +123,13 @@ def show_compare(folder: Path) -> str:
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    rows = "\n".join(f"  {k:<8} {f.description}" for k, f in ShowOptions.model_fields.items())
-    p = sub.add_parser("show", help="show one search or comparison folder (summary, best rules)",
+    p = options_parser(sub, "show", ShowOptions,
+                       help="show one search or comparison folder (summary, best rules)",
                        description="Show a search's summary, statuses and best rules, or a "
                                    "comparison's summary (summary.md).",
-                       epilog="options (key=value):\n" + rows + "\n\nexamples:\n"
-                              "  searchlab show runs/<search or compare folder>\n"
-                              "  searchlab show <folder name> run_dir=elsewhere\n"
-                              "  searchlab show                 # the newest folder\n",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       examples=["searchlab show runs/<search or compare folder>",
+                                 "searchlab show <folder name> run_dir=elsewhere",
+                                 "searchlab show                 # the newest folder"])
     p.add_argument("overrides", nargs="*", metavar="FOLDER|key=value",
                    help="the folder, then run_dir=, top_k=")
     return p

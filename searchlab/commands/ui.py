@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import ConfigError, parse_model
-from ._common import fail, say
+from ._common import fail, options_parser, say
 
 
 class UiOptions(BaseModel):
@@ -71,15 +71,12 @@ def wait_healthy(url: str, timeout: float, proc: subprocess.Popen[Any] | None = 
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    rows = "\n".join(f"  {k:<8} {f.description} [default: {f.default}]"
-                     for k, f in UiOptions.model_fields.items())
-    p = sub.add_parser("ui", help="open the MLflow UI on the logged searches",
+    p = options_parser(sub, "ui", UiOptions, defaults=True,
+                       help="open the MLflow UI on the logged searches",
                        description="Start the MLflow UI (mlflow server, 1 worker, job runners "
                                    "off) on 127.0.0.1 for the local store of a run directory.",
-                       epilog="options (key=value):\n" + rows + "\n\nexamples:\n"
-                              "  searchlab ui                    # runs/mlflow.db on http://127.0.0.1:5000\n"
-                              "  searchlab ui run_dir=/data/runs port=5050\n",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       examples=["searchlab ui                    # runs/mlflow.db on http://127.0.0.1:5000",
+                                 "searchlab ui run_dir=/data/runs port=5050"])
     p.add_argument("overrides", nargs="*", metavar="key=value", help="run_dir=, port=, uri=, ...")
     return p
 

@@ -20,7 +20,7 @@ Gymnasium env's ``action_masks()``, the controllers, random search, evolution an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from types import MappingProxyType
 from typing import Mapping, Sequence
