@@ -16,6 +16,7 @@ cores, so it is resumable at every level:
   given their seed and the rewards) and continues where the last session stopped.
 
     .venv/bin/python bench/verdict.py run --seeds 5 --budget 100    # first step
+    .venv/bin/python bench/verdict.py report                        # the seeds finished so far
     .venv/bin/python bench/verdict.py export                        # before the session ends
     .venv/bin/python bench/verdict.py restore                       # on a new checkout
     .venv/bin/python bench/verdict.py run --seeds 10 --budget 300   # the full verdict
@@ -51,6 +52,38 @@ def run(seeds: int, budget: int, workers: int) -> int:
     rc = subprocess.call(cmd, cwd=ROOT)
     print(f"wall time {time.time() - t0:.0f} s, exit {rc}", flush=True)
     return rc
+
+
+def report(seeds: int) -> int:
+    """The report of the searches finished so far, for the seeds every strategy has
+    finished (the comparison writes its own report only when all searches are done):
+    reference rows re-scored (or read back), statistics, ``report.html``."""
+    from searchlab.app import reference_section
+    from searchlab.config import load_config
+    from searchlab.report.comparison import write_report
+    from searchlab.runfiles import load_runs
+
+    cfg = load_config(["config=experiment/verdict", f"run_dir={STORE}", f"out={OUT}",
+                       f"seeds={seeds}"])
+    runs = load_runs(OUT)
+    labels = list(dict.fromkeys(r.label for r in runs))
+    by = {lab: {r.seed for r in runs if r.label == lab} for lab in labels}
+    common = set.intersection(*by.values()) if by else set()
+    runs = [r for r in runs if r.seed in common]
+    if not runs:
+        print("no seed is finished for every strategy yet", file=sys.stderr)
+        return 1
+    budget = min(r.unique for r in runs)
+    print(f"report: {len(labels)} strategies x seeds {sorted(common)}, {budget} unique "
+          "evaluations each", flush=True)
+    # reference rows: re-scored once, then read back from references.json
+    targets, extra = reference_section(cfg, OUT, runs, print,
+                                       compute=not (OUT / "references.json").is_file())
+    files = write_report(runs, OUT, cfg.threshold, targets=targets, extra_markdown=extra,
+                         title=f"mnist1d / {cfg.fidelity_name} / scratch "
+                               f"(seeds {sorted(common)}, partial)", reps=cfg.reps)
+    print(files["summary.md"].read_text())
+    return 0
 
 
 def export() -> int:
@@ -111,11 +144,15 @@ def main() -> int:
     r.add_argument("--seeds", type=int, default=10)
     r.add_argument("--budget", type=int, default=300)
     r.add_argument("--workers", type=int, default=2)
+    rp = sub.add_parser("report")
+    rp.add_argument("--seeds", type=int, default=10)
     sub.add_parser("export")
     sub.add_parser("restore")
     a = p.parse_args()
     if a.cmd == "run":
         return run(a.seeds, a.budget, a.workers)
+    if a.cmd == "report":
+        return report(a.seeds)
     return export() if a.cmd == "export" else restore()
 
 
