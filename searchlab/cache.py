@@ -119,11 +119,27 @@ class RewardCache:
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 
-    def check(self) -> None:
+    def check(self, attempts: int = 3, pause: float = 1.0) -> None:
         """Raise :class:`CacheError` (one line: the file and what to do) when the cache
-        file exists but is not a usable sqlite database; a missing file is created."""
+        file exists but is not a usable sqlite database; a missing file is created.
+
+        A database that other processes are writing can fail one check spuriously (seen
+        with "database disk image is malformed" while a comparison's workers had just
+        stopped): the check is repeated ``attempts`` times on a fresh connection,
+        ``pause`` seconds apart, and only a file that fails every time is reported."""
         if self.path is None:
             return
+        for attempt in range(attempts):
+            try:
+                self._check_once()
+                return
+            except CacheError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(pause)
+
+    def _check_once(self) -> None:
+        assert self.path is not None
         try:
             if self.path.is_file() and self.path.stat().st_size:
                 with open(self.path, "rb") as f:
