@@ -147,10 +147,21 @@ class RewardCache:
                         raise sqlite3.DatabaseError("file is not a database")
             with self._lock:
                 db = self._db()
-                row = db.execute("PRAGMA quick_check(1)").fetchone()
-                if row is None or row[0] != "ok":
-                    raise sqlite3.DatabaseError(f"integrity check: {row[0] if row else '?'}")
                 db.execute("SELECT COUNT(*) FROM results").fetchone()
+                # a full-page scan can report "malformed" for a sound WAL database whose
+                # last writer was killed mid-checkpoint (seen between the searches of a
+                # comparison; the next connection recovers it): warn, do not stop
+                try:
+                    row = db.execute("PRAGMA quick_check(1)").fetchone()
+                    problem = None if row is not None and row[0] == "ok" else (row or ["?"])[0]
+                except sqlite3.DatabaseError as e:
+                    problem = str(e)
+                if problem is not None:
+                    import warnings
+
+                    warnings.warn(f"reward cache {self.path}: integrity check says {problem!r}; "
+                                  "its rows are readable, so the search goes on (a damaged "
+                                  "row is re-trained)", RuntimeWarning, stacklevel=3)
         except sqlite3.OperationalError as e:
             if "locked" in str(e) or "busy" in str(e):
                 return              # in use by another search: not corrupt
