@@ -141,10 +141,10 @@ class RewardCache:
     def _check_once(self) -> None:
         assert self.path is not None
         try:
-            if self.path.is_file() and self.path.stat().st_size:
-                with open(self.path, "rb") as f:
-                    if f.read(16) != b"SQLite format 3\x00":
-                        raise sqlite3.DatabaseError("file is not a database")
+            # no open()/close() of the file here: closing any descriptor of a sqlite file
+            # drops every POSIX lock this process holds on it (other connections' too),
+            # which let workers write under a reader and made the cache look malformed;
+            # sqlite itself says "file is not a database" for a garbage file
             with self._lock:
                 db = self._db()
                 db.execute("SELECT COUNT(*) FROM results").fetchone()
