@@ -18,7 +18,7 @@ _WHERE = {
     "RewardCache": "searchlab.cache", "default_cache_path": "searchlab.cache",
     "Probe": "searchlab.fingerprint", "fingerprint": "searchlab.fingerprint",
     "probe": "searchlab.fingerprint",
-    "TRAINING_ERRORS": "searchlab.evaluation.evaluator",
+    "TRAINING_ERRORS": "searchlab.evaluation.protocol",
     "Evaluator": "searchlab.evaluation.evaluator",
     "FIDELITIES": "searchlab.evaluation.fidelity", "PAPER_LRS": "searchlab.evaluation.fidelity",
     "Fidelity": "searchlab.evaluation.fidelity", "get_fidelity": "searchlab.evaluation.fidelity",

@@ -58,14 +58,10 @@ from ..fingerprint import Probe, probe
 from ..result import FLOOR_REWARD, Result
 from ..tasks.base import ClassificationTask, ProblemTask, Task, get_task
 from .fidelity import Fidelity, get_fidelity
-from .protocol import Outcome, Timeout, run_classification, run_problems
+from .protocol import TRAINING_ERRORS, Outcome, Timeout, run_classification, run_problems
 
 __all__ = ["Evaluator", "TRAINING_ERRORS"]
 
-#: errors a bad rule can raise while training (status ``error`` with the traceback);
-#: anything else is caught too and reported as an unexpected error
-TRAINING_ERRORS = (ValueError, TypeError, KeyError, ArithmeticError, RuntimeError,
-                   IndexError, NotImplementedError)
 
 
 class Evaluator:
@@ -89,6 +85,11 @@ class Evaluator:
             the problem tasks (their tiny ops only lose from intra-op threads, 10x or more
             on a busy machine), torch's own setting for cifar10; an int sets that many;
             None leaves torch's setting alone.
+        population: the most rules :meth:`evaluate_many` trains in one stacked pass
+            (:mod:`searchlab.evaluation.population`; 1: one rule at a time); default: the
+            task's measured ``population_default`` (BENCHMARKS.md, "Population-batched
+            evaluation").  Rewards equal one-rule evaluation up to float rounding, so the
+            protocol name (and the reward cache) is the same.
         **task_options: passed to the task (e.g. ``data_dir=`` for ``cifar10``).
 
     Threads are set once, when the evaluator is created (``torch.set_num_threads``,
@@ -108,7 +109,7 @@ class Evaluator:
                  cache_dir: str | os.PathLike[str] | None = None,
                  batched: bool | None = None, time_limit: float | None = None,
                  reject_invalid: bool = True, threads: int | str | None = "auto",
-                 **task_options: Any) -> None:
+                 population: int | None = None, **task_options: Any) -> None:
         self.task: Task = get_task(task, **task_options)
         self.fidelity: Fidelity = get_fidelity(fidelity)
         if cache is not None and cache_dir is not None:
@@ -123,6 +124,10 @@ class Evaluator:
         if isinstance(threads, str) and threads != "auto":
             raise ValueError(f"threads must be 'auto', an int or None, got {threads!r}")
         self.threads = threads
+        pop = getattr(self.task, "population_default", 1) if population is None else population
+        if isinstance(pop, bool) or not isinstance(pop, int) or pop < 1:
+            raise ValueError(f"population must be a positive int, got {population!r}")
+        self.population = int(pop)
         self.trainings = 0
         tune_malloc()
         self._set_threads()
@@ -199,7 +204,71 @@ class Evaluator:
         (``extra["test_reward"]``; never the search signal).  ``Result.seconds`` is the
         time of this evaluation without the one-off loading of the task's data."""
         t0 = time.perf_counter()
-        base: dict[str, Any] = dict(seed=int(seed), task=self.task.id, fidelity=self.protocol)
+        pre = self._admit(rule, int(seed), use_cache, test, t0)
+        if isinstance(pre, Result):
+            return pre
+        r, base = pre
+        t_load = time.perf_counter()
+        self.load()  # missing data is a configuration error: raised, not scored
+        t0 += time.perf_counter() - t_load
+        result = self._train(r, int(seed), test, base, t0)
+        if use_cache and self.cache is not None:
+            self.cache.put(result)
+        return result
+
+    @property
+    def max_batch(self) -> int:
+        """The most rules :meth:`evaluate_many` trains in one pass (the runner's chunk size
+        limit; :class:`~searchlab.interfaces.BatchEvaluator`)."""
+        return self.population if self.batched else 1
+
+    def evaluate_many(self, rules: Sequence[Rule | str | Sequence[str]], seed: int = 0, *,
+                      use_cache: bool = True, test: bool = False) -> list[Result]:
+        """:meth:`evaluate` for every rule of ``rules`` (one result each, in order), the
+        ones that need training trained together in populations of at most
+        :attr:`max_batch` rules (:mod:`searchlab.evaluation.population`).  Each rule keeps
+        its own protocol, divergence, noise and time limit; rewards equal those of
+        :meth:`evaluate` up to float rounding.  Rules with the same fingerprint are
+        trained once (the others come back as cache hits).  ``Result.seconds`` and
+        ``extra["cpu_seconds"]`` are each rule's share of the population's time (its own
+        updates and validations, plus the shared forward/backward split by rows)."""
+        seed = int(seed)
+        out: list[Result | None] = [None] * len(rules)
+        todo: dict[str, list[tuple[int, Rule, dict[str, Any]]]] = {}
+        for i, rule in enumerate(rules):
+            pre = self._admit(rule, seed, use_cache, test, time.perf_counter())
+            if isinstance(pre, Result):
+                out[i] = pre
+            else:
+                todo.setdefault(pre[1]["fingerprint"], []).append((i, *pre))
+        if todo:
+            self.load()
+        firsts = [group[0] for group in todo.values()]
+        size = self.max_batch
+        for lo in range(0, len(firsts), size):
+            chunk = firsts[lo:lo + size]
+            if len(chunk) == 1:
+                i, r, base = chunk[0]
+                results = [self._train(r, seed, test, base, time.perf_counter())]
+            else:
+                results = self._train_population([c[1] for c in chunk], seed, test,
+                                                 [c[2] for c in chunk])
+            for (i, _, _), res in zip(chunk, results):
+                out[i] = res
+                if use_cache and self.cache is not None:
+                    self.cache.put(res)
+        for group in todo.values():
+            first = out[group[0][0]]
+            assert first is not None
+            for i, r, _ in group[1:]:
+                out[i] = self._relabel(first, r)
+        return [o for o in out if o is not None]
+
+    def _admit(self, rule: Rule | str | Sequence[str], seed: int, use_cache: bool, test: bool,
+               t0: float) -> Result | tuple[Rule, dict[str, Any]]:
+        """Parse, probe and look up ``rule``: its final result (invalid, cache hit), or the
+        parsed rule and its result fields for training."""
+        base: dict[str, Any] = dict(seed=seed, task=self.task.id, fidelity=self.protocol)
         try:
             r = _as_rule(rule)
         except ValueError as exc:  # ParseError, TokenGrammarError
@@ -211,18 +280,11 @@ class Evaluator:
         if pr.problem is not None and (self.reject_invalid or not pr.digest):
             return Result(reward=FLOOR_REWARD, status="invalid", message=pr.problem,
                           seconds=time.perf_counter() - t0, **base)
-        cache = self.cache if use_cache else None
-        if cache is not None:
-            hit = cache.get(pr.digest, self.task.id, self.protocol, seed)
+        if use_cache and self.cache is not None:
+            hit = self.cache.get(pr.digest, self.task.id, self.protocol, seed)
             if hit is not None and (not test or "test_reward" in hit.extra):
                 return self._relabel(hit, r)
-        t_load = time.perf_counter()
-        self.load()  # missing data is a configuration error: raised, not scored
-        t0 += time.perf_counter() - t_load
-        result = self._train(r, int(seed), test, base, t0)
-        if cache is not None:
-            cache.put(result)
-        return result
+        return r, base
 
     # --- training ----------------------------------------------------------------------
     def _train(self, r: Rule, seed: int, test: bool, base: dict[str, Any], t0: float) -> Result:
@@ -247,16 +309,61 @@ class Evaluator:
             out = Outcome("error", message=traceback.format_exc())
         except Exception:  # noqa: BLE001 - evaluate never raises for a bad rule
             out = Outcome("error", message="unexpected error:\n" + traceback.format_exc())
+        return self._result(out, base, time.perf_counter() - t0, time.process_time() - cpu0)
+
+    def _train_population(self, rules: Sequence[Rule], seed: int, test: bool,
+                          bases: Sequence[dict[str, Any]]) -> list[Result]:
+        """Train ``rules`` as one population; a failure of the population pass itself
+        (not of a rule) falls back to training them one at a time."""
+        from ..optim import compile_rule
+        from .population import run_population
+        from .protocol import run_problems_population
+
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        outs: list[Outcome | None] = [None] * len(rules)
+        compiled: list[tuple[int, Any]] = []
+        for i, r in enumerate(rules):
+            try:
+                compiled.append((i, compile_rule(r)))
+            except TRAINING_ERRORS:
+                outs[i] = Outcome("error", message=traceback.format_exc())
+        try:
+            comp = [c for _, c in compiled]
+            if isinstance(self.task, ClassificationTask):
+                got = run_population(self.task, self.task.load(), comp, self.fidelity, seed,
+                                     self.time_limit, test)
+            elif isinstance(self.task, ProblemTask):
+                got = run_problems_population(self.task, comp, self.fidelity, seed,
+                                              self.time_limit, test)
+            else:  # pragma: no cover - a Task subclass of an unknown kind
+                raise TypeError(f"task {self.task.id} is of unknown kind {self.task.kind!r}")
+        except Exception:  # noqa: BLE001 - never lose the rules: one at a time instead
+            return [self._train(r, seed, test, b, time.perf_counter())
+                    for r, b in zip(rules, bases)]
+        for (i, _), o in zip(compiled, got):
+            outs[i] = o
+        self.trainings += len(rules)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        shares = [float(o.extra.pop("clock_seconds", 0.0)) if o is not None else 0.0
+                  for o in outs]
+        total = sum(shares) or 1.0
+        return [self._result(o, b, wall * sh / total, cpu * sh / total, len(rules))
+                for o, b, sh in zip(outs, bases, shares)]  # type: ignore[arg-type]
+
+    def _result(self, out: Outcome, base: dict[str, Any], seconds: float, cpu: float,
+                population: int = 1) -> Result:
         reward = out.reward if out.status == "ok" and out.reward is not None else FLOOR_REWARD
         if not math.isfinite(reward):
             reward = FLOOR_REWARD
         # the compute clock (docs/ARCHITECTURE.md, "Three clocks"): CPU-seconds of this
-        # process for the training (a cache hit keeps its original cost) and the examples
-        # the protocol schedules (nominal: copies that diverge stop earlier)
-        extra = {**out.extra, "cpu_seconds": time.process_time() - cpu0,
-                 "train_examples": self._nominal_examples()}
+        # process for the training (a cache hit keeps its original cost; a rule of a
+        # population its share) and the examples the protocol schedules (nominal: copies
+        # that diverge stop earlier)
+        extra = {**out.extra, "cpu_seconds": cpu, "train_examples": self._nominal_examples()}
+        if population > 1:
+            extra["population"] = population
         return Result(reward=float(reward), status=out.status,  # type: ignore[arg-type]
-                      best_lr=out.best_lr, seconds=time.perf_counter() - t0,
+                      best_lr=out.best_lr, seconds=seconds,
                       sweep=out.sweep, curve=out.curve, val_loss=out.val_loss,
                       val_acc=out.val_acc, message=out.message, extra=extra, **base)
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -50,7 +51,13 @@ from ..tasks.base import ClassificationTask, ProblemTask, Splits, StackedModel, 
 from ..tasks.problems import ORDERS
 from .fidelity import Fidelity
 
-__all__ = ["CopyTrainer", "Timeout", "run_classification", "run_problems"]
+__all__ = ["CopyTrainer", "CopyView", "Outcome", "Seeds", "TRAINING_ERRORS", "Timeout",
+           "run_classification", "run_problems"]
+
+#: errors a bad rule can raise while training (status ``error`` with the traceback);
+#: anything else is caught too and reported as an unexpected error
+TRAINING_ERRORS = (ValueError, TypeError, KeyError, ArithmeticError, RuntimeError,
+                   IndexError, NotImplementedError)
 
 VAL_CHUNK = 1000  # validation examples per forward pass
 #: a training loss above this many times the first step's loss counts as diverged
@@ -95,7 +102,102 @@ class Seeds:
                    derive_seed(seed, f"noise/{copy}"))
 
 
-class CopyTrainer:
+class CopyView:
+    """Validation and batch-norm refresh of ``k`` stacked copies of a task's network
+    (``len(alive)`` rows of ``model``).  :class:`CopyTrainer` is one; the population
+    trainer (:mod:`searchlab.evaluation.population`) makes one per rule over that rule's
+    rows of the population's model, so each rule is validated exactly as alone."""
+
+    def __init__(self, task: ClassificationTask, model: StackedModel, alive: Sequence[int],
+                 batch_size: int = 100, bn_momenta: "list[float | None] | None" = None) -> None:
+        self.task = task
+        self.model = model
+        self.alive = list(alive)
+        self.batch_size = batch_size     # chunk floor of refresh_bn
+        self._bn_momenta = bn_momenta
+
+    @torch.no_grad()
+    def validate(self, xv: Tensor, yv: Tensor) -> tuple[list[float], list[float]]:
+        """Accuracy and mean loss of every surviving copy on prepared inputs ``xv``."""
+        k = len(self.alive)
+        if k == 0:
+            return [], []
+        correct = torch.zeros(k, dtype=torch.float64)
+        loss = torch.zeros(k, dtype=torch.float64)
+        chunk = max(1, self.task.eval_rows // k)  # keep activations in cache
+        for lo in range(0, len(yv), chunk):
+            xc, yc = xv[lo:lo + chunk], yv[lo:lo + chunk]
+            logits = self.model.forward(xc, train=False)              # [k, n, classes]
+            kk, nb, c = logits.shape
+            ce = F.cross_entropy(logits.reshape(kk * nb, c), yc.repeat(kk), reduction="none")
+            loss += ce.view(kk, nb).sum(1).double()
+            correct += (logits.argmax(-1) == yc).sum(1).double()
+        n = len(yv)
+        loss /= n
+        loss[self.exploded()] = math.inf  # diverged: see PARAM_LIMIT
+        return (correct / n).tolist(), loss.tolist()
+
+    @torch.no_grad()
+    def exploded(self) -> Tensor:
+        """``[k]`` bool: copies with a weight above ``PARAM_LIMIT`` in magnitude (or NaN)."""
+        big = torch.stack([p.detach().abs().flatten(1).amax(1) for p in self.model.params]).amax(0)
+        return ~(big <= PARAM_LIMIT)
+
+    @torch.no_grad()
+    def refresh_bn(self, x: Tensor) -> None:
+        """Replace every copy's running statistics (its batch-norm buffers) by the batch
+        statistics of its current weights on the prepared training inputs ``x``
+        ("precise BN"): the mean over chunks of ``max(batch size,
+        eval_rows / k)`` examples of each chunk's train-mode statistics.
+
+        The buffers are exponential running averages that the model's train-mode forward
+        updates as ``b <- (1 - m) b + m s`` (torch's batch norm, ``m = 0.1``); ``m`` is
+        read off once per trainer by running a two-example batch from buffers set to 0
+        and to ``2**20`` (train-mode outputs never read the buffers), so each chunk's
+        statistics are ``s = b / m`` after a forward from zeroed buffers.  Buffers the
+        forward does not update that way are left as they are.  Training never reads the
+        buffers, so the refresh changes validation only."""
+        bufs = self.model.buffers
+        if not bufs or not self.alive or len(x) == 0:
+            return
+        if self._bn_momenta is None:
+            self._bn_momenta = self._probe_momenta(x[:2])
+        saved = [b.clone() for b in bufs]
+        total = [torch.zeros_like(b) for b in bufs]
+        n = len(x)
+        chunk = max(self.batch_size, self.task.eval_rows // len(self.alive))
+        for lo in range(0, n, chunk):
+            xc = x[lo:lo + chunk]
+            for b in bufs:
+                b.zero_()
+            self.model.forward(xc, train=True)
+            for t, b in zip(total, bufs):
+                t.add_(b, alpha=len(xc) / n)
+        for b, t, m, old in zip(bufs, total, self._bn_momenta, saved):
+            b.copy_(t / m if m is not None else old)
+
+    def _probe_momenta(self, x: Tensor) -> list[float | None]:
+        bufs = self.model.buffers
+        saved = [b.clone() for b in bufs]
+        for b in bufs:
+            b.zero_()
+        self.model.forward(x, train=True)
+        from_zero = [b.clone() for b in bufs]
+        big = float(2 ** 20)
+        for b in bufs:
+            b.fill_(big)
+        self.model.forward(x, train=True)
+        out: list[float | None] = []
+        for b, z, old in zip(bufs, from_zero, saved):
+            m = 1.0 - (b.double() - z.double()) / big      # b - z = (1 - m) * big
+            mean = float(m.mean())
+            ok = 1e-4 < mean <= 1.0 and float((m - mean).abs().max()) < 1e-4
+            out.append(mean if ok else None)
+            b.copy_(old)
+        return out
+
+
+class CopyTrainer(CopyView):
     """``K`` copies of a task's network, each with its own lr, trained on shared batches.
 
     ``lrs[i]`` belongs to copy ``i``; :attr:`alive` maps the surviving stack rows back to
@@ -195,87 +297,6 @@ class CopyTrainer:
                 torch._foreach_mul_(u, self._lr_views)
                 torch._foreach_sub_(params, u)
         self.step += 1
-
-    @torch.no_grad()
-    def validate(self, xv: Tensor, yv: Tensor) -> tuple[list[float], list[float]]:
-        """Accuracy and mean loss of every surviving copy on prepared inputs ``xv``."""
-        k = len(self.alive)
-        if k == 0:
-            return [], []
-        correct = torch.zeros(k, dtype=torch.float64)
-        loss = torch.zeros(k, dtype=torch.float64)
-        chunk = max(1, self.task.eval_rows // k)  # keep activations in cache
-        for lo in range(0, len(yv), chunk):
-            xc, yc = xv[lo:lo + chunk], yv[lo:lo + chunk]
-            logits = self.model.forward(xc, train=False)              # [k, n, classes]
-            kk, nb, c = logits.shape
-            ce = F.cross_entropy(logits.reshape(kk * nb, c), yc.repeat(kk), reduction="none")
-            loss += ce.view(kk, nb).sum(1).double()
-            correct += (logits.argmax(-1) == yc).sum(1).double()
-        n = len(yv)
-        loss /= n
-        loss[self.exploded()] = math.inf  # diverged: see PARAM_LIMIT
-        return (correct / n).tolist(), loss.tolist()
-
-    @torch.no_grad()
-    def exploded(self) -> Tensor:
-        """``[k]`` bool: copies with a weight above ``PARAM_LIMIT`` in magnitude (or NaN)."""
-        big = torch.stack([p.detach().abs().flatten(1).amax(1) for p in self.model.params]).amax(0)
-        return ~(big <= PARAM_LIMIT)
-
-    @torch.no_grad()
-    def refresh_bn(self, x: Tensor) -> None:
-        """Replace every copy's running statistics (its batch-norm buffers) by the batch
-        statistics of its current weights on the prepared training inputs ``x``
-        ("precise BN"): the mean over chunks of ``max(batch size,
-        eval_rows / k)`` examples of each chunk's train-mode statistics.
-
-        The buffers are exponential running averages that the model's train-mode forward
-        updates as ``b <- (1 - m) b + m s`` (torch's batch norm, ``m = 0.1``); ``m`` is
-        read off once per trainer by running a two-example batch from buffers set to 0
-        and to ``2**20`` (train-mode outputs never read the buffers), so each chunk's
-        statistics are ``s = b / m`` after a forward from zeroed buffers.  Buffers the
-        forward does not update that way are left as they are.  Training never reads the
-        buffers, so the refresh changes validation only."""
-        bufs = self.model.buffers
-        if not bufs or not self.alive or len(x) == 0:
-            return
-        if self._bn_momenta is None:
-            self._bn_momenta = self._probe_momenta(x[:2])
-        saved = [b.clone() for b in bufs]
-        total = [torch.zeros_like(b) for b in bufs]
-        n = len(x)
-        chunk = max(self.batch_size, self.task.eval_rows // len(self.alive))
-        for lo in range(0, n, chunk):
-            xc = x[lo:lo + chunk]
-            for b in bufs:
-                b.zero_()
-            self.model.forward(xc, train=True)
-            for t, b in zip(total, bufs):
-                t.add_(b, alpha=len(xc) / n)
-        for b, t, m, old in zip(bufs, total, self._bn_momenta, saved):
-            b.copy_(t / m if m is not None else old)
-
-    def _probe_momenta(self, x: Tensor) -> list[float | None]:
-        bufs = self.model.buffers
-        saved = [b.clone() for b in bufs]
-        for b in bufs:
-            b.zero_()
-        self.model.forward(x, train=True)
-        from_zero = [b.clone() for b in bufs]
-        big = float(2 ** 20)
-        for b in bufs:
-            b.fill_(big)
-        self.model.forward(x, train=True)
-        out: list[float | None] = []
-        for b, z, old in zip(bufs, from_zero, saved):
-            m = 1.0 - (b.double() - z.double()) / big      # b - z = (1 - m) * big
-            mean = float(m.mean())
-            ok = 1e-4 < mean <= 1.0 and float((m - mean).abs().max()) < 1e-4
-            out.append(mean if ok else None)
-            b.copy_(old)
-        return out
-
 
 def _prepare_all(task: ClassificationTask, x: Tensor) -> Tensor:
     parts = [task.prepare(x[lo:lo + VAL_CHUNK]) for lo in range(0, len(x), VAL_CHUNK)]
@@ -502,36 +523,63 @@ def _best(acc: dict[int, float], loss: dict[int, float]) -> int | None:
 CHECKPOINTS = 10  # points of the learning curve of a problem run
 
 
-def _problem_run(task: ProblemTask, compiled: Any, lrs: Sequence[float], steps: int,
-                 seed: int, stream: str, deadline: float | None) -> tuple[Tensor, Tensor, Tensor]:
-    """Scores ``[K, P]``, final values ``[K, P]`` and curve ``[CHECKPOINTS, K]`` (mean score).
+@dataclass
+class Clock:
+    """One rule's time across the passes it trains in (seconds; ``limit`` None: none).
+    A rule trained in a population is charged its own updates and validations plus its
+    share, by rows, of the shared work (:mod:`searchlab.evaluation.population`)."""
 
-    All problems live in one flat parameter tensor ``[K, D]`` (problem ``j`` owns columns
-    ``offsets[j]:offsets[j+1]``), so the rule's update is one pass per step; gradients are
-    closed-form.  A run (lr, problem) is dead once its value is NaN/inf or its gap exceeds
-    ``DIVERGENCE_FACTOR`` times the starting gap; dead runs score 0 (they stay isolated:
-    every op of a rule is elementwise)."""
+    limit: float | None
+    seconds: float = 0.0
+
+    def charge(self, dt: float) -> None:
+        self.seconds += dt
+
+    @property
+    def over(self) -> bool:
+        return self.limit is not None and self.seconds > self.limit
+
+    def outcome(self) -> "Outcome":
+        return Outcome("timeout", message=f"time limit of {self.limit:g} s reached")
+
+
+def _problem_runs(task: ProblemTask, compiled: Sequence[Any], lrs: Sequence[float], steps: int,
+                  seed: int, stream: str, clocks: Sequence[Clock]
+                  ) -> list["tuple[Tensor, Tensor, Tensor] | Outcome"]:
+    """For each rule of ``compiled``: scores ``[K, P]``, final values ``[K, P]`` and curve
+    ``[CHECKPOINTS, K]`` (mean score), or the ``error``/``timeout`` outcome that stopped it.
+
+    All problems live in one flat parameter tensor ``[R*K, D]`` (problem ``j`` owns
+    columns ``offsets[j]:offsets[j+1]``, rule ``r`` rows ``r*K:(r+1)*K``), so the
+    problems' values and gradients are one pass per step for every rule and lr; each
+    rule's update runs on its own rows with its own state and noise generator (seeded as
+    alone).  Gradients are closed-form.  A run (lr, problem) is dead once its value is
+    NaN/inf or its gap exceeds ``DIVERGENCE_FACTOR`` times the starting gap; dead runs
+    score 0 (they stay isolated: every op of a rule is elementwise).  A rule whose runs
+    are all dead stops updating (checked every 16 steps, as alone)."""
     problems = task.problems()
     x0 = task.initial_points(seed, stream)
-    k = len(lrs)
+    k, n_rules = len(lrs), len(compiled)
     dims = [p.dim for p in problems]
     offsets = [0]
     for d in dims:
         offsets.append(offsets[-1] + d)
-    x = torch.cat(x0).unsqueeze(0).repeat(k, 1)                                    # [K, D]
+    x = torch.cat(x0).unsqueeze(0).repeat(k * n_rules, 1)                        # [R*K, D]
     views = [x[:, offsets[j]:offsets[j + 1]] for j in range(len(problems))]
     f0 = torch.stack([p.f(x0j) for p, x0j in zip(problems, x0)])                  # [P]
     f_star = torch.tensor([p.f_star for p in problems], dtype=torch.float64)
     limit = f_star + DIVERGENCE_FACTOR * (f0 - f_star).clamp_min(1e-12)
     lr = torch.tensor(list(lrs), dtype=torch.float64).view(k, 1)
-    params = [x]
-    state = compiled.init_state(params)
-    gen = torch.Generator().manual_seed(derive_seed(seed, "noise"))
-    ws = _workspace()
+    rows = [x[r * k:(r + 1) * k] for r in range(n_rules)]
+    states = [c.init_state([xr]) for c, xr in zip(compiled, rows)]
+    gens = [torch.Generator().manual_seed(derive_seed(seed, "noise")) for _ in compiled]
+    spaces = [_workspace() for _ in compiled]
+    failures: list[Outcome | None] = [None] * n_rules
+    running = [True] * n_rules
     # curve points: the score after steps*j/CHECKPOINTS steps, j = 1 .. CHECKPOINTS
     marks = {round(steps * (j + 1) / CHECKPOINTS) for j in range(CHECKPOINTS - 1)}
     curve: list[Tensor] = []
-    dead = torch.zeros(k, len(problems), dtype=torch.bool)
+    dead = torch.zeros(k * n_rules, len(problems), dtype=torch.bool)
 
     def values_and_grads() -> tuple[Tensor, Tensor]:
         out = [p.value_and_grad(v) for p, v in zip(problems, views)]
@@ -543,37 +591,72 @@ def _problem_run(task: ProblemTask, compiled: Any, lrs: Sequence[float], steps: 
         sc = ((log_gap0 - torch.log10((vals - f_star).clamp_min(1e-300))) / ORDERS).clamp(0.0, 1.0)
         return torch.where(dead | ~torch.isfinite(vals), torch.zeros_like(sc), sc)
 
+    stopped_at = [steps] * n_rules
     with torch.no_grad():
         for t in range(steps):
+            t0 = time.perf_counter()
             vals, grads = values_and_grads()
             dead |= ~(vals <= limit)          # NaN compares False: dead too
             if t in marks:
                 curve.append(score(vals).mean(1))
-            if t % 16 == 0 and bool(dead.all()):
+            if t % 16 == 0:
+                for r in range(n_rules):
+                    if running[r] and bool(dead[r * k:(r + 1) * k].all()):
+                        running[r], stopped_at[r] = False, t
+            active = [r for r in range(n_rules) if running[r]]
+            if not active:
                 break
-            u = compiled.update([grads], params, state, t, steps, gen, workspace=ws)[0]
-            x.sub_(u.mul_(lr))
-            _check_deadline(deadline)
+            shared = (time.perf_counter() - t0) / len(active)
+            for r in active:
+                t1 = time.perf_counter()
+                lo, hi = r * k, (r + 1) * k
+                try:
+                    u = compiled[r].update([grads[lo:hi]], [rows[r]], states[r], t, steps,
+                                           gens[r], workspace=spaces[r])[0]
+                    rows[r].sub_(u.mul_(lr))
+                except TRAINING_ERRORS:
+                    failures[r] = Outcome("error", message=traceback.format_exc())
+                except Exception:  # noqa: BLE001 - one rule's failure never stops the others
+                    failures[r] = Outcome("error", message="unexpected error:\n"
+                                          + traceback.format_exc())
+                clocks[r].charge(time.perf_counter() - t1 + shared)
+                if failures[r] is None and clocks[r].over:
+                    failures[r] = clocks[r].outcome()
+                if failures[r] is not None:
+                    running[r] = False
         vals, _ = values_and_grads()
         dead |= ~(vals <= limit)
     sc = score(vals)
     vals = torch.where(dead, torch.full_like(vals, math.nan), vals)
-    while len(curve) < CHECKPOINTS - 1:  # stopped early: every run diverged
-        curve.append(torch.zeros(k, dtype=sc.dtype))
-    curve.append(sc.mean(1))
-    return sc, vals, torch.stack(curve)
+    out: list[tuple[Tensor, Tensor, Tensor] | Outcome] = []
+    for r in range(n_rules):
+        if failures[r] is not None:
+            out.append(failures[r])  # type: ignore[arg-type]
+            continue
+        lo, hi = r * k, (r + 1) * k
+        # points after the rule stopped (all its runs dead) are 0: dead runs score 0
+        pts = [c[lo:hi] for c in curve]
+        while len(pts) < CHECKPOINTS - 1:  # stopped early: every run diverged
+            pts.append(torch.zeros(k, dtype=sc.dtype))
+        pts.append(sc[lo:hi].mean(1))
+        out.append((sc[lo:hi], vals[lo:hi], torch.stack(pts)))
+    return out
 
 
-def run_problems(task: ProblemTask, compiled: Any, fid: Fidelity, seed: int, batched: bool,
-                 deadline: float | None, test: bool = False) -> Outcome:
-    """Every lr from the same seeded starts; reward = best lr's mean normalised score."""
-    lrs = list(fid.lrs)
-    steps = fid.problem_steps
-    groups = [lrs] if batched else [[lr] for lr in lrs]
-    parts = [_problem_run(task, compiled, g, steps, seed, "val", deadline) for g in groups]
-    scores = torch.cat([p[0] for p in parts])            # [K, P]
-    vals = torch.cat([p[1] for p in parts])
-    curves = torch.cat([p[2] for p in parts], dim=1)     # [C, K]
+def _problem_run(task: ProblemTask, compiled: Any, lrs: Sequence[float], steps: int,
+                 seed: int, stream: str, deadline: float | None) -> tuple[Tensor, Tensor, Tensor]:
+    """One rule of :func:`_problem_runs` (raises :class:`Timeout`, or the rule's error)."""
+    limit = None if deadline is None else deadline - time.perf_counter()
+    (res,) = _problem_runs(task, [compiled], lrs, steps, seed, stream, [Clock(limit)])
+    if isinstance(res, Outcome):
+        if res.status == "timeout":
+            raise Timeout()
+        raise RuntimeError(res.message)
+    return res
+
+
+def _problem_outcome(task: ProblemTask, lrs: Sequence[float], scores: Tensor, vals: Tensor,
+                     curves: Tensor, batched: bool, steps: int) -> Outcome:
     mean = scores.mean(1)
     names = [p.name for p in task.problems()]
     sweep = tuple((lr, float(m)) for lr, m in zip(lrs, mean))
@@ -584,8 +667,51 @@ def run_problems(task: ProblemTask, compiled: Any, fid: Fidelity, seed: int, bat
     best = int(torch.argmax(mean))  # first maximum: the smallest lr among ties
     extra["scores"] = {n: float(s) for n, s in zip(names, scores[best])}
     extra["values"] = {n: float(v) for n, v in zip(names, vals[best])}
-    if test:
-        sc, _, _ = _problem_run(task, compiled, [lrs[best]], steps, seed, "test", deadline)
-        extra["test_reward"] = float(sc.mean())
     return Outcome("ok", reward=float(mean[best]), best_lr=lrs[best], sweep=sweep,
                    curve=tuple(float(c) for c in curves[:, best]), extra=extra)
+
+
+def run_problems(task: ProblemTask, compiled: Any, fid: Fidelity, seed: int, batched: bool,
+                 deadline: float | None, test: bool = False) -> Outcome:
+    """Every lr from the same seeded starts; reward = best lr's mean normalised score."""
+    lrs = list(fid.lrs)
+    steps = fid.problem_steps
+    groups = [lrs] if batched else [[lr] for lr in lrs]
+    parts = [_problem_run(task, compiled, g, steps, seed, "val", deadline) for g in groups]
+    out = _problem_outcome(task, lrs, torch.cat([p[0] for p in parts]),
+                           torch.cat([p[1] for p in parts]),
+                           torch.cat([p[2] for p in parts], dim=1), batched, steps)
+    if test and out.status == "ok":
+        sc, _, _ = _problem_run(task, compiled, [out.best_lr], steps, seed, "test", deadline)
+        out.extra["test_reward"] = float(sc.mean())
+    return out
+
+
+def run_problems_population(task: ProblemTask, compiled: Sequence[Any], fid: Fidelity,
+                            seed: int, time_limit: float | None,
+                            test: bool = False) -> list[Outcome]:
+    """:func:`run_problems` (batched over lrs) for every rule of ``compiled`` in one pass;
+    one outcome per rule, in order (each rule with its own clock of ``time_limit``)."""
+    lrs = list(fid.lrs)
+    steps = fid.problem_steps
+    clocks = [Clock(time_limit) for _ in compiled]
+    outs: list[Outcome] = []
+    for res in _problem_runs(task, compiled, lrs, steps, seed, "val", clocks):
+        outs.append(res if isinstance(res, Outcome)
+                    else _problem_outcome(task, lrs, res[0], res[1], res[2], True, steps))
+    if test:
+        idx = [i for i, o in enumerate(outs) if o.status == "ok"]
+        by_lr: dict[float, list[int]] = {}
+        for i in idx:
+            by_lr.setdefault(outs[i].best_lr, []).append(i)  # type: ignore[arg-type]
+        for lr_, group in by_lr.items():
+            res = _problem_runs(task, [compiled[i] for i in group], [lr_], steps, seed, "test",
+                                [clocks[i] for i in group])
+            for i, rr in zip(group, res):
+                if isinstance(rr, Outcome):
+                    outs[i] = rr
+                else:
+                    outs[i].extra["test_reward"] = float(rr[0].mean())
+    for o, c in zip(outs, clocks):
+        o.extra["clock_seconds"] = c.seconds   # the evaluator's time shares
+    return outs

@@ -18,6 +18,7 @@ Data sets that cost seconds to build are cached as arrays on disk under
 from __future__ import annotations
 
 import abc
+import copy
 import hashlib
 import os
 from dataclasses import dataclass
@@ -82,6 +83,9 @@ class Task(abc.ABC):
     #: setting).  Tiny children gain nothing from intra-op threads and lose 10x or more
     #: when the machine is busy (OpenMP threads spin at every op's barrier).
     preferred_threads: ClassVar[int | None] = 1
+    #: the most rules the evaluator trains as one stacked population by default (1: one
+    #: at a time); set per task from measurements (bench/throughput.py, BENCHMARKS.md)
+    population_default: ClassVar[int] = 1
 
     def result_options(self) -> Mapping[str, Any]:
         """Non-default options that change results (they go into :attr:`id`)."""
@@ -158,6 +162,15 @@ class StackedModel(abc.ABC):
         idx = torch.as_tensor(list(index), dtype=torch.long)
         self.params = [p.detach()[idx].requires_grad_(True) for p in self.params]
         self.buffers = [b[idx] for b in self.buffers]
+
+    def rows(self, lo: int, hi: int) -> "StackedModel":
+        """The copies ``lo:hi`` as a model of their own whose parameters and buffers are
+        *views* of this model's (writes go through: validation and batch-norm refreshes
+        of one rule's rows of a population, :mod:`searchlab.evaluation.population`)."""
+        view = copy.copy(self)
+        view.params = [p.detach()[lo:hi] for p in self.params]
+        view.buffers = [b[lo:hi] for b in self.buffers]
+        return view
 
     @classmethod
     def replicate(cls, one: Sequence[Tensor], k: int) -> list[Tensor]:
