@@ -19,6 +19,19 @@ Configurations (each worker uses 1 torch thread):
     serial-2t   the calling process, torch.set_num_threads(2)  (serial using both cores)
     process-2   ProcessExecutor(workers=2, threads=1)
     ray-2       RayExecutor(workers=2, threads=1), a local 2-CPU Ray cluster
+    <name>+pop  the same executor fed *chunks* of rules, each trained as one population
+                (``--population N``: ``Evaluator(population=N)`` and the runner's
+                ``EvaluateChunk``/``chunk_sizes``: one chunk per worker, none above N)
+
+Population-batched evaluation (issue "Train many rules in one pass")::
+
+    .venv/bin/python bench/throughput.py --population 8 --configs serial-1t,serial-1t+pop,process-2,process-2+pop
+    .venv/bin/python bench/throughput.py --task ensemble --population 32 --n 32 --configs serial-1t,serial-1t+pop,process-2,process-2+pop
+
+``--flops`` first counts the FLOPs of one evaluation (``torch.utils.flop_counter``,
+matrix products only: the elementwise ops are not counted), measures this machine's fp32
+matrix-multiply rate on one thread, and prints the achieved GFLOP/s of each
+configuration (FLOPs x evaluations / (elapsed x workers)).
 
 Rounds interleave the configurations (s1, s2, p, r, s1, s2, ...) so that drifts in the
 load of a shared machine hit all of them alike; rates are the median over rounds.  (While
@@ -73,6 +86,7 @@ def distinct_rules(n: int, seed: int, trained_only: bool = False) -> list[Any]:
 def make(name: str, workers: int) -> Any:
     from searchlab.executors import ProcessExecutor, RayExecutor, SerialExecutor
 
+    name = name.split("+")[0]
     if name == "serial-1t":
         return SerialExecutor(threads=1)
     if name == "serial-2t":
@@ -84,14 +98,52 @@ def make(name: str, workers: int) -> Any:
     raise ValueError(name)
 
 
-def measure(ex: Any, task: Callable[[Any], Any], rules: list[Any]) -> dict[str, Any]:
+def measure(ex: Any, task: Callable[[Any], Any], rules: list[Any],
+            chunk: int = 0) -> dict[str, Any]:
+    from searchlab.runner import chunk_sizes
+
     t0 = time.perf_counter()
-    results = dict(ex.imap_unordered(task, rules))
+    if chunk:
+        sizes = chunk_sizes(len(rules), getattr(ex, "workers", 1), chunk)
+        bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        parts = [tuple(rules[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        results = {}
+        for c, out in ex.imap_unordered(task, parts):
+            for k, res in enumerate(out):
+                results[bounds[c] + k] = res
+    else:
+        results = dict(ex.imap_unordered(task, rules))
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "rewards": [results[i].reward for i in range(len(rules))],
             "statuses": [results[i].status for i in range(len(rules))],
             "busy": sum(float(r.seconds or 0.0) for r in results.values()),
             "workers": getattr(ex, "workers", 1)}
+
+
+def count_flops(task: str, fidelity: str, rule: Any) -> tuple[float, float]:
+    """FLOPs of one evaluation of ``rule`` (matrix products counted by torch's
+    FlopCounterMode) and this machine's fp32 matmul rate on one thread (GFLOP/s, the best
+    of a few sizes)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    ev = build_evaluator(task, fidelity)
+    ev.load()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        ev.evaluate(rule, 0, use_cache=False)
+    best = 0.0
+    for n in (256, 512, 1024):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        t0 = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        best = max(best, 2 * n ** 3 * 5 / (time.perf_counter() - t0) / 1e9)
+    torch.set_num_threads(threads)
+    return float(counter.get_total_flops()), best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,11 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mix", action="store_true",
                     help="random search's mix of rules (many are rejected by the validity "
                          "probe without training) instead of rules that all train")
+    ap.add_argument("--population", type=int, default=8,
+                    help="the most rules per population of the +pop configurations")
+    ap.add_argument("--flops", action="store_true",
+                    help="count FLOPs per evaluation and measure the matmul rate first")
     args = ap.parse_args(argv)
 
     import torch
 
-    from searchlab.runner import EvaluateTask
+    from searchlab.runner import EvaluateChunk, EvaluateTask
 
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     rules = distinct_rules(args.n + 2 * args.workers, args.seed,
@@ -118,7 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     warm, rules = rules[:2 * args.workers], rules[2 * args.workers:]
     # one evaluator per configuration: an evaluator's counters change as it is used in
     # this process, and a changed pickle would make the pools ship it again
-    tasks = {c: EvaluateTask(build_evaluator(args.task, args.fidelity), 0) for c in configs}
+    tasks: dict[str, Any] = {}
+    for c in configs:
+        ev = build_evaluator(args.task, args.fidelity)
+        if c.endswith("+pop"):
+            ev.population = args.population
+            tasks[c] = EvaluateChunk(ev, 0)
+        else:
+            tasks[c] = EvaluateTask(ev, 0)
+    flops = matmul_rate = None
+    if args.flops:
+        flops, matmul_rate = count_flops(args.task, args.fidelity, rules[0])
     print(f"# throughput: task={args.task} fidelity={args.fidelity} n={args.n} "
           f"rounds={args.rounds} workers={args.workers} rules={'mix' if args.mix else 'trained'} "
           f"cores={os.cpu_count()} torch={torch.__version__} "
@@ -131,12 +197,17 @@ def main(argv: list[str] | None = None) -> int:
         for c in configs:                   # start everything first: workers, Ray, data
             t0 = time.perf_counter()
             executors[c] = make(c, args.workers)
-            executors[c].map(tasks[c], warm)
+            if c.endswith("+pop"):
+                executors[c].map(tasks[c], [tuple(warm[i::executors[c].workers])
+                                            for i in range(executors[c].workers)])
+            else:
+                executors[c].map(tasks[c], warm)
             torch.set_num_threads(threads0)
             startup[c] = time.perf_counter() - t0
         for r in range(args.rounds):
             for c in configs:
-                m = measure(executors[c], tasks[c], rules)
+                m = measure(executors[c], tasks[c], rules,
+                            args.population if c.endswith("+pop") else 0)
                 torch.set_num_threads(threads0)
                 runs[c].append(m)
                 print(f"round {r}: {c:<10} {m['seconds']:7.1f} s for {len(rules)} evals "
@@ -163,10 +234,28 @@ def main(argv: list[str] | None = None) -> int:
     ray_ = next((c for c in configs if c.startswith("ray")), None)
     if proc and ray_:
         print(f"\nray / process = {rate[ray_] / rate[proc]:.3f}")
+    pops = [c for c in configs if c.endswith("+pop")]
+    for c in pops:
+        plain = c[:-4]
+        if plain in rate:
+            print(f"{c} / {plain} = {rate[c] / rate[plain]:.2f}x evaluations per hour")
+    if pops and base:
+        best = max(pops, key=lambda c: rate[c])
+        print(f"best population configuration {best} / serial-1t = {rate[best] / base:.2f}x")
+    if flops:
+        print(f"\nFLOPs per evaluation (matrix products, one rule): {flops / 1e9:.2f} GFLOP; "
+              f"fp32 matmul on one thread here: {matmul_rate:.1f} GFLOP/s")
+        for c in configs:
+            w = runs[c][0]["workers"]
+            achieved = flops * rate[c] / 3600 / w / 1e9
+            print(f"  {c:<16} {achieved:6.1f} GFLOP/s per worker = "
+                  f"{achieved / matmul_rate:5.1%} of the matmul rate")
     ref = runs[configs[0]][0]["rewards"]
     for c in configs:
         same = all(m["rewards"] == ref for m in runs[c])
-        print(f"rewards identical to {configs[0]} for every rule: {c}: {same}")
+        worst = max(abs(a - b) for m in runs[c] for a, b in zip(m["rewards"], ref))
+        print(f"rewards identical to {configs[0]} for every rule: {c}: {same} "
+              f"(largest difference {worst:.4g})")
     print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     bad = sum(s != "ok" for s in runs[configs[0]][0]["statuses"])
     print(f"(statuses other than ok: {bad} of {len(ref)}; serial-2t may differ in the last "

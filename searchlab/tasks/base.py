@@ -219,6 +219,9 @@ class ProblemTask(Task):
     """A set of analytic objectives; see :mod:`searchlab.tasks.problems`."""
 
     kind: ClassVar[str] = "problems"
+    #: problem runs are a few elementwise ops on [K, D] per step: per-op overhead, which
+    #: one [R*K, D] pass shares between R rules (3.65x serially, BENCHMARKS.md)
+    population_default: ClassVar[int] = 32
 
 
 def get_task(task: "str | Task", **options: Any) -> Task:
