@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from throughput import matmul_rate  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,14 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     task = get_task(args.task, **({"data_dir": args.data_dir} if args.data_dir else {}))
     splits = task.load()
     xb, yb = task.prepare(splits.train_x[:100]), splits.train_y[:100]
-    rate = 0.0
-    for n in (256, 512, 1024):
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        a @ b
-        t0 = time.perf_counter()
-        for _ in range(5):
-            a @ b
-        rate = max(rate, 2 * n ** 3 * 5 / (time.perf_counter() - t0) / 1e9)
+    rate = matmul_rate()
     print(f"# {args.task}: one training step (batch 100) of K stacked copies, 1 torch thread; "
           f"load {os.getloadavg()[0]:.1f}; fp32 matmul {rate:.1f} GFLOP/s")
     print("| K | ms per step | ms per copy-step | vs K=1 | MFLOP per copy-step | GFLOP/s | of matmul rate |")

@@ -134,6 +134,16 @@ def count_flops(task: str, fidelity: str, rule: Any) -> tuple[float, float]:
     counter = FlopCounterMode(display=False)
     with counter:
         ev.evaluate(rule, 0, use_cache=False)
+    best = matmul_rate()
+    torch.set_num_threads(threads)
+    return float(counter.get_total_flops()), best
+
+
+def matmul_rate() -> float:
+    """This machine's fp32 matrix-multiply rate at the current thread count (GFLOP/s, the
+    best of square sizes 256, 512 and 1024)."""
+    import torch
+
     best = 0.0
     for n in (256, 512, 1024):
         a, b = torch.randn(n, n), torch.randn(n, n)
@@ -142,8 +152,7 @@ def count_flops(task: str, fidelity: str, rule: Any) -> tuple[float, float]:
         for _ in range(5):
             a @ b
         best = max(best, 2 * n ** 3 * 5 / (time.perf_counter() - t0) / 1e9)
-    torch.set_num_threads(threads)
-    return float(counter.get_total_flops()), best
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     for c in configs:
         ev = build_evaluator(args.task, args.fidelity)
         if c.endswith("+pop"):
+            from searchlab.interfaces import BatchEvaluator
+
+            if not isinstance(ev, BatchEvaluator):
+                print(f"throughput: task {args.task!r} has no population evaluation "
+                      f"(configuration {c})", file=sys.stderr)
+                return 2
             ev.population = args.population
             tasks[c] = EvaluateChunk(ev, 0)
         else:
