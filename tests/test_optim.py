@@ -505,6 +505,10 @@ def ref_eval(node, env):
             "sign_m": lambda: torch.sign(m), "w": lambda: env["w"],
             "adam": lambda: m / (torch.sqrt(v) + 1e-8),
             "rmsprop": lambda: g / (torch.sqrt(v) + 1e-8),
+            # multiscale operands: EMAs of g with beta1 0.5 and 0.99, and their Adams
+            "m_5": lambda: env["m_5"], "m_99": lambda: env["m_99"],
+            "adam_5": lambda: env["m_5"] / (torch.sqrt(v) + 1e-8),
+            "adam_99": lambda: env["m_99"] / (torch.sqrt(v) + 1e-8),
         }
         if n in table:
             return table[n]()
@@ -540,6 +544,7 @@ def compare_with_reference(rule: Rule, steps=3, T=5, seed=0, shapes=((3, 4), (5,
     ref_m = [torch.zeros_like(p) for p in params]
     ref_v = [torch.zeros_like(p) for p in params]
     ref_gamma = [torch.zeros_like(p) for p in params]
+    ref_ms = {b: [torch.zeros_like(p) for p in params] for b in (0.5, 0.99)}
     for t in range(steps):
         grads = [torch.randn(s, generator=gen, dtype=torch.float64) * 0.7 for s in shapes]
         u = c.update(grads, params, state, step=t, total_steps=T)
@@ -547,9 +552,13 @@ def compare_with_reference(rule: Rule, steps=3, T=5, seed=0, shapes=((3, 4), (5,
             ref_m[i] = b1 * ref_m[i] + (1 - b1) * g
             ref_v[i] = b2 * ref_v[i] + (1 - b2) * g ** 2
             ref_gamma[i] = b3 * ref_gamma[i] + (1 - b3) * g ** 3
+            for b, ms in ref_ms.items():
+                ms[i] = b * ms[i] + (1 - b) * g
             env = dict(g=g, w=params[i], m=ref_m[i] / (1 - b1 ** (t + 1)),
                        v=ref_v[i] / (1 - b2 ** (t + 1)),
-                       gamma=ref_gamma[i] / (1 - b3 ** (t + 1)), t=t, T=T)
+                       gamma=ref_gamma[i] / (1 - b3 ** (t + 1)), t=t, T=T,
+                       m_5=ref_ms[0.5][i] / (1 - 0.5 ** (t + 1)),
+                       m_99=ref_ms[0.99][i] / (1 - 0.99 ** (t + 1)))
             expected = ref_eval(rule.node, env)
             assert u[i].shape == g.shape
             got = u[i].abs() if absolute else u[i]

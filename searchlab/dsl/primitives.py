@@ -93,7 +93,22 @@ _OPERANDS: tuple[Operand, ...] = (
     _op("rd_10", "rd_10", "restart decay, 10 periods", "decay"),
     _op("rd_20", "rd_20", "restart decay, 20 periods", "decay"),
     _op("eps_t", "eps_t", "annealed noise ~ N(0, 1/(1+t)^0.55)", "noise"),
+    # multiscale operands (not the paper's: Shahid 2017's Adam at several timescales, so
+    # that a search can reach multiscale-Adam-like rules); only the ``multiscale`` space
+    # has them, ``paper`` and ``scratch`` keep the paper's vocabulary
+    _op("m_5", "m_5", "bias-corrected EMA of g with beta 0.5 (a short timescale)",
+        "average", ("m_5",)),
+    _op("m_99", "m_99", "bias-corrected EMA of g with beta 0.99 (a long timescale)",
+        "average", ("m_99",)),
+    _op("adam_5", "adam_5", "Adam's update with beta1 = 0.5: m_5 / (sqrt(v) + 1e-8)",
+        "optimizer", ("m_5", "v")),
+    _op("adam_99", "adam_99", "Adam's update with beta1 = 0.99: m_99 / (sqrt(v) + 1e-8)",
+        "optimizer", ("m_99", "v")),
 )
+
+#: The multiscale operands (above) and the fixed decay rates of their moving averages.
+MULTISCALE_OPERANDS: tuple[str, ...] = ("m_5", "m_99", "adam_5", "adam_99")
+MULTISCALE_BETAS: Mapping[str, float] = MappingProxyType({"m_5": 0.5, "m_99": 0.99})
 
 # --- Unary functions (paper 4.1) ------------------------------------------------------
 _UNARY: tuple[Unary, ...] = (

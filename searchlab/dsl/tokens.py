@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .nodes import Bin, Call, Const, Leaf, Node
-from .primitives import BINARY, MAX_DEPTH, OPERANDS, OUTPUTS, UNARY
+from .primitives import BINARY, MAX_DEPTH, MULTISCALE_OPERANDS, OPERANDS, OUTPUTS, UNARY
 
 GROUP = 5
 SLOT_KINDS = ("operand", "operand", "unary", "unary", "binary")
@@ -88,19 +88,28 @@ class Space:
         return count_rules(self)
 
 
-_ALL_OPERANDS = tuple(OPERANDS)
-_NO_OPT = tuple(o for o in OPERANDS if o not in ("adam", "rmsprop"))
+_ALL_OPERANDS = tuple(o for o in OPERANDS if o not in MULTISCALE_OPERANDS)
+_NO_OPT = tuple(o for o in _ALL_OPERANDS if o not in ("adam", "rmsprop"))
+#: Adam and momentum at three timescales (beta1 0.5, 0.9, 0.99), plus the gradient,
+#: second moment, signs, constants and two decays: linear combinations such as
+#: ``adam_5 + adam_99`` or ``(adam + adam_99)*ld`` are the multiscale-Adam (LWA) rules of
+#: Shahid 2017, reachable by every strategy
+_MULTISCALE = ("g", "m_5", "m", "m_99", "v", "sign_g", "sign_m", "adam_5", "adam", "adam_99",
+               "1", "2", "ld", "cd")
 
 #: Named spaces.  ``paper`` is the full vocabulary of section 4.1; ``scratch`` (the
 #: default for strategy comparisons) removes the ``adam``/``rmsprop`` operands so a
 #: strategy cannot reach Adam-level reward by picking Adam; ``small`` is a ~10^5-rule
-#: space around PowerSign/AddSign for quick demos and tests.
+#: space around PowerSign/AddSign for quick demos and tests; ``multiscale`` (not the
+#: paper's) adds momentum and Adam at the timescales 0.5 and 0.99 (``m_5``, ``adam_99``, ...),
+#: where the symbolic search meets the learned multiscale Adam (docs/ARCHITECTURE.md).
 SPACES: Mapping[str, Space] = MappingProxyType({
     "paper": Space("paper", _ALL_OPERANDS, tuple(UNARY), tuple(BINARY), depth=2),
     "scratch": Space("scratch", _NO_OPT, tuple(UNARY), tuple(BINARY), depth=2),
     "small": Space("small", ("g", "m", "v", "sign_g", "sign_m", "1", "2", "ld", "cd"),
                    ("id", "neg", "exp", "sqrt", "sign"), ("add", "sub", "mul", "div"),
                    depth=2),
+    "multiscale": Space("multiscale", _MULTISCALE, tuple(UNARY), tuple(BINARY), depth=2),
 })
 
 

@@ -20,6 +20,9 @@ Semantics (the primitives table :mod:`searchlab.dsl.primitives` is the source of
   They are expanded into the rule language itself (see ``EXPANSIONS``): ``m/sqrt(v)``
   *is* Adam's update because the language's division is ``x/(y+1e-8)``.
 * ``g2 = g*g``, ``g3 = g*g*g``; ``sign_g = sign(g)``, ``sign_m = sign(m)``.
+* the multiscale operands ``m_5``, ``m_99`` are bias-corrected EMAs of ``g`` like ``m``
+  with the fixed decay rates ``MULTISCALE_BETAS`` (0.5, 0.99; ``betas`` does not change
+  them); ``adam_5 = m_5/sqrt(v)``, ``adam_99 = m_99/sqrt(v)`` (Adam with that beta1).
 * ``eps ~ N(0, 0.01)`` (variance 0.01, std 0.1), ``eps_t ~ N(0, 1/(1+t)^0.55)``, fresh
   every step from the caller's ``torch.Generator`` (or drawn ahead for a whole list by
   :meth:`CompiledRule.draw_noise` and replayed one tensor at a time: the same numbers).
@@ -77,6 +80,7 @@ from searchlab.dsl.primitives import (
     DEFAULT_BETAS,
     DIV_DELTA,
     EXTRA_FUNCTIONS,
+    MULTISCALE_BETAS,
     OPERANDS,
     UNARY,
     decay_value,
@@ -96,9 +100,19 @@ EXPANSIONS: Mapping[str, str] = {
     "sign_m": "sign(m)",
     "adam": "m/sqrt(v)",  # m_hat / (sqrt(v_hat) + 1e-8): '/' supplies the 1e-8
     "rmsprop": "g/sqrt(v)",  # g / (sqrt(v_hat) + 1e-8)
+    "adam_5": "m_5/sqrt(v)",    # the multiscale operands: Adam with beta1 0.5 / 0.99
+    "adam_99": "m_99/sqrt(v)",
 }
-#: Moving averages: operand name -> (index into betas, power of g they average).
-AVERAGES: Mapping[str, tuple[int, int]] = {"m": (0, 1), "v": (1, 2), "gamma": (2, 3)}
+#: Moving averages: operand name -> (index into betas, power of g they average); the
+#: multiscale averages (``m_5``, ``m_99``) have fixed decay rates, ``MULTISCALE_BETAS``.
+AVERAGES: Mapping[str, tuple[int, int]] = {"m": (0, 1), "v": (1, 2), "gamma": (2, 3),
+                                           **{k: (-1, 1) for k in MULTISCALE_BETAS}}
+
+
+def _beta(name: str, betas: Sequence[float]) -> float:
+    """The decay rate of moving average ``name`` given the rule's ``betas``."""
+    index = AVERAGES[name][0]
+    return MULTISCALE_BETAS[name] if index < 0 else betas[index]
 #: Standard deviation of the noise operands at step t (paper 4.1; see primitives docs).
 NOISE_STD: Mapping[str, Callable[[int], float]] = {
     "eps": lambda t: 0.1,  # variance 0.01
@@ -801,11 +815,12 @@ class CompiledRule:
     def _update_averages(self, ctx: _Ctx, g3: _Val | None) -> None:
         # paper 4.2: m, v, gamma are EMAs of g, g^2, g^3; updated before they are read
         for k in self._averages:
-            beta = ctx.betas[AVERAGES[k][0]]
+            beta = _beta(k, ctx.betas)
             buf = ctx.state[k]
-            if k == "m":
+            power = AVERAGES[k][1]
+            if power == 1:
                 torch._foreach_lerp_(buf, ctx.grads, 1.0 - beta)
-            elif k == "v":
+            elif power == 2:
                 torch._foreach_mul_(buf, beta)
                 torch._foreach_addcmul_(buf, ctx.grads, ctx.grads, value=1.0 - beta)
             else:
@@ -820,7 +835,7 @@ class CompiledRule:
                 return _Val(ctx.grads, 1.0)
             if name == "w":
                 return _Val(list(ctx.params), 1.0)  # type: ignore[arg-type]
-            beta = ctx.betas[AVERAGES[name][0]]
+            beta = _beta(name, ctx.betas)
             bc = 1.0 - beta ** (t + 1)  # bias correction, t+1 EMA updates so far
             return _Val(ctx.state[name], 1.0 / bc, False, None, name == "v")
         if kind == "const":
