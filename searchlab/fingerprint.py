@@ -129,7 +129,8 @@ def _probe_cached(rule: Rule) -> Probe:
                 flat = np.nan_to_num(flat, nan=0.0, posinf=1e300, neginf=-1e300)
             nonzero = nonzero or bool(np.any(flat != 0.0))
             g = torch.cat([x.reshape(-1) for x in grads[t]]).numpy()
-            descent = descent or float(np.dot(flat, g)) > 0.0
+            with np.errstate(over="ignore", invalid="ignore"):   # 1e300-sized stand-ins
+                descent = descent or float(np.dot(flat, g)) > 0.0
             h.update(_quantise(flat).tobytes())
     except _RULE_ERRORS as exc:
         last = traceback.format_exception_only(type(exc), exc)[-1].strip()
