@@ -124,7 +124,7 @@ class Evaluator:
         if isinstance(threads, str) and threads != "auto":
             raise ValueError(f"threads must be 'auto', an int or None, got {threads!r}")
         self.threads = threads
-        pop = getattr(self.task, "population_default", 1) if population is None else population
+        pop = self.task.population_default if population is None else population
         if isinstance(pop, bool) or not isinstance(pop, int) or pop < 1:
             raise ValueError(f"population must be a positive int, got {population!r}")
         self.population = int(pop)

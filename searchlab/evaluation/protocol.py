@@ -30,6 +30,11 @@ lrs into the final run and keep the best of them after ``select_epochs`` epochs;
 ``final_copies`` averages the reward over final runs with seeds of their own
 (``Seeds.of(seed, j)``).
 
+Many rules at once: :func:`searchlab.evaluation.population.run_population` runs this
+protocol for several rules in one stacked model (each rule's rows validated through a
+:class:`CopyView`); :class:`CopyTrainer` and :func:`run_classification` stay the one-rule
+reference it is tested against.
+
 Problem tasks.  :func:`run_problems` runs every problem from its seeded starting point
 for ``problem_steps`` steps with each lr (batched over lrs the same way) and scores the
 normalised gap reduction (:mod:`searchlab.tasks.problems`).
