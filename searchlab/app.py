@@ -127,11 +127,12 @@ def build_evaluator(cfg: Config) -> "Evaluator":
     from .evaluators import TOY_TASK, make_evaluator
 
     toy = cfg.task.name == TOY_TASK
+    fidelity = "fast" if toy else build_fidelity(cfg)
     try:
-        return make_evaluator(cfg.task.name, "fast" if toy else build_fidelity(cfg),
+        return make_evaluator(cfg.task.name, fidelity,
                               cache_dir=None if toy else Path(cfg.run_dir) / "cache",
                               **cfg.task.options)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:   # an unknown option, or a bad value of one
         raise ConfigError(f"bad task.options for task {cfg.task.name!r}: {e}") from None
 
 

@@ -170,3 +170,14 @@ def test_a_slow_problem_rule_times_out_alone():
         assert o.reward == pytest.approx(ev.evaluate(rule, seed=2, use_cache=False).reward,
                                          abs=1e-6)
     assert math.isfinite(outs[0].extra["clock_seconds"])
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "2.5"])
+def test_a_bad_population_option_is_one_line_and_exit_2(tmp_path, capsys, value):
+    from searchlab.cli import main
+
+    rc = main(["search", "task=ensemble", "fidelity=smoke", f"task.options.population={value}",
+               "budget=2", "quiet=true", "tracking=none", f"run_dir={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "population" in err[0] and "task.options" in err[0]
