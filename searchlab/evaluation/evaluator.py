@@ -329,7 +329,9 @@ class Evaluator:
                 outs[i] = Outcome("error", message=traceback.format_exc())
         try:
             comp = [c for _, c in compiled]
-            if isinstance(self.task, ClassificationTask):
+            if not comp:                      # every rule failed to compile
+                got = []
+            elif isinstance(self.task, ClassificationTask):
                 got = run_population(self.task, self.task.load(), comp, self.fidelity, seed,
                                      self.time_limit, test)
             elif isinstance(self.task, ProblemTask):

@@ -505,6 +505,8 @@ def _copies(task: ClassificationTask, ok: list[_Rule], seed: int, fid: Fidelity,
             if r.outcome is not None and r.outcome.status == "ok":
                 members[id(r)] = Member(r.index, r.compiled, [r.outcome.best_lr],  # type: ignore[list-item]
                                         sj.noise, final_total, r.clock)
+        if not members:
+            break
         st = Stack(task, list(members.values()), sj)
         st.train_epochs(x, y, fid.final_epochs, bs)
         for r in ok:
