@@ -57,6 +57,7 @@ from .protocol import (
     _ranked,
     _sizes,
     _workspace,
+    run_epochs,
 )
 
 __all__ = ["Member", "Stack", "run_population"]
@@ -160,22 +161,9 @@ class Stack:
     def train_epochs(self, x: Tensor, y: Tensor, epochs: int, batch_size: int,
                      after_epoch: Callable[[int], None] | None = None) -> None:
         """As :meth:`CopyTrainer.train_epochs`, for every member at once."""
-        n = len(y)
-        steps = n // batch_size
         self.batch_size = batch_size
-        prepare = self.task.prepare
-        for epoch in range(epochs):
-            if not self.members:
-                return
-            perm = torch.randperm(n, generator=self.order_gen)
-            xe, ye = x[perm], y[perm]
-            for i in range(steps):
-                lo = i * batch_size
-                self._step(prepare(xe[lo:lo + batch_size]), ye[lo:lo + batch_size])
-                if not self.members:
-                    return
-            if after_epoch is not None:
-                after_epoch(epoch)
+        run_epochs(self.task, x, y, epochs, batch_size, self.order_gen, self._step,
+                   lambda: bool(self.members), after_epoch)
 
     def _step(self, xb: Tensor, yb: Tensor) -> None:
         t0 = time.perf_counter()

@@ -250,24 +250,15 @@ class CopyTrainer(CopyView):
     def train_epochs(self, x: Tensor, y: Tensor, epochs: int, batch_size: int,
                      deadline: float | None, after_epoch: Any = None) -> None:
         """Train on ``x, y`` for ``epochs`` epochs (the last partial batch is dropped)."""
-        n = len(y)
-        steps = n // batch_size
         self.batch_size = batch_size
-        prepare = self.task.prepare
-        for epoch in range(epochs):
-            if not self.alive:
-                return
-            perm = torch.randperm(n, generator=self.order_gen)
-            xe, ye = x[perm], y[perm]
-            for i in range(steps):
-                lo = i * batch_size
-                xb = prepare(xe[lo:lo + batch_size])
-                self._step(xb, ye[lo:lo + batch_size])
-                if not self.alive:
-                    return
+
+        def step(xb: Tensor, yb: Tensor) -> None:
+            self._step(xb, yb)
+            if self.alive:
                 _check_deadline(deadline)
-            if after_epoch is not None:
-                after_epoch(epoch)
+
+        run_epochs(self.task, x, y, epochs, batch_size, self.order_gen, step,
+                   lambda: bool(self.alive), after_epoch)
 
     def _step(self, xb: Tensor, yb: Tensor) -> None:
         losses = self.model.losses(xb, yb)
@@ -302,6 +293,26 @@ class CopyTrainer(CopyView):
                 torch._foreach_mul_(u, self._lr_views)
                 torch._foreach_sub_(params, u)
         self.step += 1
+
+def run_epochs(task: ClassificationTask, x: Tensor, y: Tensor, epochs: int, batch_size: int,
+               order_gen: torch.Generator, step: Any, alive: Any, after_epoch: Any = None) -> None:
+    """The epoch loop of :class:`CopyTrainer` and the population's ``Stack``: a seeded
+    permutation per epoch (gathered once), ``step(xb, yb)`` per full batch, stop as soon
+    as ``alive()`` is false, ``after_epoch(epoch)`` after each complete epoch."""
+    n = len(y)
+    for epoch in range(epochs):
+        if not alive():
+            return
+        perm = torch.randperm(n, generator=order_gen)
+        xe, ye = x[perm], y[perm]
+        for i in range(n // batch_size):
+            lo = i * batch_size
+            step(task.prepare(xe[lo:lo + batch_size]), ye[lo:lo + batch_size])
+            if not alive():
+                return
+        if after_epoch is not None:
+            after_epoch(epoch)
+
 
 def _prepare_all(task: ClassificationTask, x: Tensor) -> Tensor:
     parts = [task.prepare(x[lo:lo + VAL_CHUNK]) for lo in range(0, len(x), VAL_CHUNK)]
