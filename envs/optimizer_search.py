@@ -102,7 +102,8 @@ class OptimizerSearchEnv(gym.Env):
             ``evaluator`` is given.
         fidelity: fidelity of the env's own evaluator (``"fast"``, ``"smoke"``, ``"paper"``).
         The defaults (``mnist1d``, ``fast``) are searchlab's config defaults.
-        space: search space (a :class:`~searchlab.dsl.Space` or a name in ``SPACES``).
+        space: search space (a :class:`~searchlab.dsl.Space` or a name in ``SPACES``;
+            None: the task's, ``tabular`` for ``task="table"``, else ``scratch``).
         depth: overrides the space's depth (number of token groups, 1..4).
         evaluate: the runner's evaluation path, ``list[Rule] -> list[Result]``.
         evaluator: an object with ``evaluate(rule, seed) -> Result`` to use as is.
@@ -114,11 +115,15 @@ class OptimizerSearchEnv(gym.Env):
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(self, task: str = "mnist1d", fidelity: str = "fast",
-                 space: Space | str = "scratch", depth: int | None = None,
+                 space: Space | str | None = None, depth: int | None = None,
                  evaluate: EvaluateFn | None = None, evaluator: Any = None,
                  eval_seed: int | None = 0, task_options: dict[str, Any] | None = None,
                  render_mode: str | None = None) -> None:
         super().__init__()
+        if space is None:
+            from searchlab.evaluators import default_space
+
+            space = default_space(task)
         sp = get_space(space) if isinstance(space, str) else space
         if depth is not None and depth != sp.depth:
             sp = sp.with_(depth=depth)

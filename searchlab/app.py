@@ -59,7 +59,16 @@ def search_name(cfg: Config, label: str | None = None) -> str:
 
 def comparison_name(cfg: Config) -> str:
     """A new experiment's name for one comparison."""
-    return f"compare-{cfg.task.name}-{cfg.fidelity_name}-{_stamp()}"
+    return f"compare-{task_label(cfg, '-')}-{_stamp()}"
+
+
+def task_label(cfg: Config, sep: str = "/") -> str:
+    """``mnist1d/compare``; a lookup task (``table``, ``toy``) has no fidelity of its own."""
+    from .evaluators import LOOKUP_TASKS
+
+    if cfg.task.name in LOOKUP_TASKS:
+        return cfg.task.name
+    return f"{cfg.task.name}{sep}{cfg.fidelity_name}"
 
 
 #: files that mark a folder as holding a search (finished, interrupted or starting)
@@ -98,7 +107,7 @@ def build_space(cfg: Config) -> "Space":
     """The search space of ``cfg`` (named space with depth/constraint overrides)."""
     from .dsl import get_space
 
-    return get_space(cfg.space.name, **cfg.space.overrides())
+    return get_space(cfg.space_name, **cfg.space.overrides())
 
 
 def build_fidelity(cfg: Config) -> "Fidelity":
@@ -124,16 +133,37 @@ def build_fidelity(cfg: Config) -> "Fidelity":
 def build_evaluator(cfg: Config) -> "Evaluator":
     """The evaluator of ``cfg`` (:func:`searchlab.evaluators.make_evaluator`); the reward
     cache persists across searches in ``<run_dir>/cache``."""
-    from .evaluators import TOY_TASK, make_evaluator
+    from .evaluators import LOOKUP_TASKS, TABLE_TASK, make_evaluator
 
-    toy = cfg.task.name == TOY_TASK
-    fidelity = "fast" if toy else build_fidelity(cfg)
+    lookup = cfg.task.name in LOOKUP_TASKS
+    fidelity = "fast" if lookup else build_fidelity(cfg)
     try:
-        return make_evaluator(cfg.task.name, fidelity,
-                              cache_dir=None if toy else Path(cfg.run_dir) / "cache",
-                              **cfg.task.options)
+        evaluator = make_evaluator(cfg.task.name, fidelity,
+                                   cache_dir=None if lookup else Path(cfg.run_dir) / "cache",
+                                   **cfg.task.options)
     except (TypeError, ValueError) as e:   # an unknown option, or a bad value of one
         raise ConfigError(f"bad task.options for task {cfg.task.name!r}: {e}") from None
+    if cfg.task.name == TABLE_TASK:
+        _check_table(cfg, evaluator)
+    return evaluator
+
+
+def _check_table(cfg: Config, evaluator: Any) -> None:
+    """A table's file (checksum) and space: a missing or corrupt table, or a space the
+    table does not hold, is one :class:`ConfigError` line before any search starts."""
+    from .tabular import TableError, TableEvaluator
+
+    assert isinstance(evaluator, TableEvaluator)
+    try:
+        table = evaluator.data
+    except TableError as e:
+        raise ConfigError(str(e)) from None
+    space = build_space(cfg)
+    if space != table.space:
+        raise ConfigError(f"table {table.name!r} holds the rules of space "
+                          f"{table.space.name!r} (depth {table.space.depth}), not of "
+                          f"space={space.name} (depth {space.depth}): use "
+                          f"space={table.space.name}")
 
 
 def build_strategy(cfg: Config, label: str | None = None) -> "Strategy":
@@ -203,7 +233,7 @@ def build_tracker(cfg: Config, experiment: str, run_name: str) -> Tracker:
 
     cls = TRACKERS.get(cfg.tracking.name)
     return cls(uri=cfg.tracking.uri, experiment=experiment, run_name=run_name,
-               run_dir=cfg.run_dir, child_runs=cfg.tracking.child_runs,
+               run_dir=cfg.run_dir, child_runs=cfg.child_runs,
                background=cfg.tracking.background, top_k=cfg.top_k)
 
 
@@ -311,7 +341,7 @@ def run_one_search(cfg: Config, *, label: str | None = None, out: str | os.PathL
                                                           "threshold", "resume", "quiet",
                                                           "reps"}))
     tags = {"searchlab.label": label, "task": cfg.task.name, "fidelity": evaluator.protocol,
-            "space": cfg.space.name}
+            "space": cfg.space_name}
     restart = bar.restart if bar is not None else on_start
     executor = build_executor(cfg)
     try:
@@ -332,7 +362,7 @@ def run_one_search(cfg: Config, *, label: str | None = None, out: str | os.PathL
             bar.close()
     _warn_if_all_errored(label, result.results)
     summary = {**result.summary(), "label": label, "task": cfg.task.name,
-               "fidelity": evaluator.protocol, "space": cfg.space.name,
+               "fidelity": evaluator.protocol, "space": cfg.space_name,
                "experiment": experiment, "config": cfg.model_dump(mode="json")}
     if rescored:
         top = rescored[0]
@@ -376,7 +406,7 @@ def _warn_if_all_errored(label: str, results: Sequence[Any]) -> None:
 def rescore_best(cfg: Config, evaluator: "Evaluator", result: "SearchResult",
                  executor: "Executor", folder: Path) -> list["Rescored"]:
     """Re-score the search's ``cfg.rescore.top_k`` best ``ok`` rules on
-    ``cfg.rescore.seeds`` fresh seeds (:mod:`searchlab.rescore`); writes ``rescored.json``
+    ``cfg.rescore_seeds`` fresh seeds (:mod:`searchlab.rescore`); writes ``rescored.json``
     and ``rescored.md`` into ``folder``.  Nothing for ``top_k: 0``."""
     from .rescore import fresh_seeds, rescore, rescored_markdown
     from .runfiles import best_results, dump_json
@@ -386,7 +416,7 @@ def rescore_best(cfg: Config, evaluator: "Evaluator", result: "SearchResult",
     if not best:
         return []
     names = {f"rank {i}": r.rule for i, r in enumerate(best, 1)}
-    rows = rescore(evaluator, names, fresh_seeds(cfg.eval_seed, cfg.rescore.seeds),
+    rows = rescore(evaluator, names, fresh_seeds(cfg.eval_seed, cfg.rescore_seeds),
                    executor=executor,
                    search_rewards={f"rank {i}": r.reward for i, r in enumerate(best, 1)})
     dump_json(folder / "rescored.json", [r.row() for r in rows])
@@ -472,9 +502,14 @@ def search(config: Config | Mapping[str, Any] | Sequence[str] | str | None = Non
 
 # --- a comparison -------------------------------------------------------------------------
 def check_comparison(cfg: Config) -> None:
-    """Fail before any search: every strategy choice must build with its options."""
+    """Fail before any search: every strategy choice must build with its options (and a
+    table task's file and space must fit)."""
+    from .evaluators import TABLE_TASK
+
     for label, sc in strategy_choices(cfg):
         build_strategy(cfg.model_copy(update={"strategy": sc}), label)
+    if cfg.task.name == TABLE_TASK:
+        build_evaluator(cfg)
 
 
 def run_comparison(cfg: Config, *, out: str | os.PathLike[str] | None = None,
@@ -512,22 +547,81 @@ def run_comparison(cfg: Config, *, out: str | os.PathLike[str] | None = None,
                             "experiment": name, "config": cfg.model_dump(mode="json")})
     bar = CompareProgress(len(todo), cfg.budget, quiet=cfg.quiet)
     try:
-        for label, sc, seed, sub in todo:
-            run_cfg = cfg.model_copy(update={"strategy": sc, "seed": seed})
-            run_one_search(run_cfg, label=label, out=sub, experiment=name,
-                           progress=bar.start_run(label, seed), on_start=bar.restart,
-                           quiet=True)
-            bar.end_run()
-            runs.append(load_search(sub, label=label, seed=seed))
+        if parallel_searches(cfg) > 1 and len(todo) > 1:
+            _run_searches_in_parallel(cfg, todo, name, bar)
+            runs.extend(load_search(sub, label=label, seed=seed) for label, _, seed, sub in todo)
+        else:
+            for label, sc, seed, sub in todo:
+                run_cfg = cfg.model_copy(update={"strategy": sc, "seed": seed})
+                run_one_search(run_cfg, label=label, out=sub, experiment=name,
+                               progress=bar.start_run(label, seed), on_start=bar.restart,
+                               quiet=True)
+                bar.end_run()
+                runs.append(load_search(sub, label=label, seed=seed))
     finally:
         bar.close()
     rank = {lab: i for i, (lab, _) in enumerate(choices)}
     runs.sort(key=lambda r: (rank.get(r.label, len(rank)), r.seed))
     targets, extra = reference_section(cfg, folder, runs, tell)
     files = write_report(runs, folder, cfg.threshold,
-                         title=f"{cfg.task.name} / {cfg.fidelity_name} / {cfg.space.name}",
+                         title=f"{cfg.task.name} / {cfg.fidelity_name} / {cfg.space_name}",
                          reps=cfg.reps, targets=targets, extra_markdown=extra)
     return folder, files, runs
+
+
+def parallel_searches(cfg: Config) -> int:
+    """How many searches a comparison runs at once: ``executor.workers`` on a lookup task
+    (``table``, ``toy``: an evaluation is a lookup, so the parallelism worth having is
+    across searches, each evaluating in its own process), else 1 (the workers evaluate
+    one search's rules)."""
+    from .evaluators import LOOKUP_TASKS
+
+    return cfg.executor.workers if cfg.task.name in LOOKUP_TASKS else 1
+
+
+def _search_job(cfg: Config, label: str, sub: str, experiment: str) -> str:
+    """One search of a parallel comparison, in a worker process: the same
+    :func:`run_one_search` as a serial comparison's, evaluating serially (its own
+    tracker logs it, from this process)."""
+    from .config import ExecutorConfig
+
+    run_cfg = cfg.model_copy(update={"executor": ExecutorConfig(name="serial", workers=1)})
+    run_one_search(run_cfg, label=label, out=Path(sub), experiment=experiment, quiet=True)
+    return sub
+
+
+def _search_worker_init() -> None:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run_searches_in_parallel(cfg: Config, todo: Sequence[tuple[str, Any, int, Path]],
+                              experiment: str, bar: Any) -> None:
+    """Run the searches of ``todo`` in :func:`parallel_searches` spawned processes; the
+    progress bar advances by whole searches.  A search that fails stops the comparison
+    (the finished ones stay on disk: ``resume=true`` continues)."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    workers = min(parallel_searches(cfg), len(todo))
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                initializer=_search_worker_init) as pool:
+        futures = {pool.submit(_search_job, cfg.model_copy(update={"strategy": sc, "seed": seed}),
+                               label, str(sub), experiment): (label, seed)
+                   for label, sc, seed, sub in todo}
+        try:
+            for fut in cf.as_completed(futures):
+                label, seed = futures[fut]
+                fut.result()
+                bar.start_run(label, seed)
+                bar.end_run()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
 
 
 def reference_section(cfg: Config, folder: Path, runs: Sequence["RunRecord"],
@@ -572,7 +666,7 @@ def reference_section(cfg: Config, folder: Path, runs: Sequence["RunRecord"],
                 learned.append((name, what[len("learned:"):]))
             else:
                 rules[name] = what
-        seeds = fresh_seeds(cfg.eval_seed, cfg.rescore.seeds)
+        seeds = fresh_seeds(cfg.eval_seed, cfg.rescore_seeds)
         tell(f"compare: re-scoring {len(rules) + len(learned)} reference optimizers on "
              f"{len(seeds)} fresh seeds")
         executor = build_executor(cfg)

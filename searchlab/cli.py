@@ -13,7 +13,7 @@ from . import __version__
 
 #: sub-commands in the order ``--help`` lists them
 COMMANDS: tuple[str, ...] = ("demo", "evaluate", "search", "compare", "list", "show", "ui",
-                             "export", "relog", "meta-train")
+                             "export", "relog", "meta-train", "table")
 #: commands whose module is not ``searchlab.commands.<command>`` (a module named ``list``
 #: would shadow the builtin inside the package)
 MODULES: dict[str, str] = {"list": "runs_list", "meta-train": "meta_train"}

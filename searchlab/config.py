@@ -92,7 +92,7 @@ class FidelityConfig(_Frozen):
 class SpaceConfig(_Frozen):
     """The search space (DSL vocabulary subset, depth, paper 4.1 constraints)."""
 
-    name: str = Field("scratch", description="named search space: paper, scratch (no adam/rmsprop operands) or small")
+    name: str | None = Field(None, description="named search space: paper, scratch (no adam/rmsprop operands), small, multiscale or tabular (null: the task's space, scratch; task=table: tabular)")
     depth: int | None = Field(None, ge=1, le=4, description="groups per rule, 1..4 (null: the space's default)")
     distinct_operands: bool | None = Field(None, description="the two operands of a group differ (null: space default)")
     no_final_add: bool | None = Field(None, description="the last binary function is not addition (null: space default)")
@@ -118,7 +118,7 @@ class TrackingConfig(_Frozen):
     name: str = Field("mlflow", description="tracker: mlflow, none (or memory, for tests)")
     uri: str | None = Field(None, description="MLflow tracking URI (null: $MLFLOW_TRACKING_URI, else sqlite:///<run_dir>/mlflow.db)")
     experiment: str | None = Field(None, description="MLflow experiment name (null: one new experiment per search or comparison)")
-    child_runs: bool = Field(True, description="log every sample as a nested MLflow run (false: only the parent's table/metrics)")
+    child_runs: bool | None = Field(None, description="log every sample as a nested MLflow run (false: only the parent's table/metrics; null: true, except on task=table, where a nested run per lookup would cost more than the search)")
     background: bool = Field(True, description="write to MLflow from a background thread while evaluations run")
 
 
@@ -126,7 +126,7 @@ class RescoreConfig(_Frozen):
     """Re-scoring after a search: its best rules on fresh evaluation seeds, with test."""
 
     top_k: int = Field(3, ge=0, description="best rules re-scored after each search (0: none)")
-    seeds: int = Field(5, ge=1, description="fresh evaluation seeds per re-scored rule (disjoint from the search's)")
+    seeds: int | None = Field(None, ge=1, description="fresh evaluation seeds per re-scored rule, disjoint from the search's (null: 5; task=table: 1, the table's record the search did not see)")
 
 
 class Config(_Frozen):
@@ -170,6 +170,34 @@ class Config(_Frozen):
         return (v,) if isinstance(v, str) else v
 
     # --- derived names -------------------------------------------------------------
+    @property
+    def space_name(self) -> str:
+        """The space searched: ``space.name``, or the task's own (``tabular`` for
+        ``task=table``, whose table holds exactly that space; ``scratch`` otherwise)."""
+        from .evaluators import default_space
+
+        return self.space.name if self.space.name is not None else default_space(self.task.name)
+
+    @property
+    def child_runs(self) -> bool:
+        """``tracking.child_runs``, or its default: one nested MLflow run per sample,
+        except on ``task=table`` (~10 ms per nested run against microseconds per lookup)."""
+        from .evaluators import TABLE_TASK
+
+        if self.tracking.child_runs is not None:
+            return self.tracking.child_runs
+        return self.task.name != TABLE_TASK
+
+    @property
+    def rescore_seeds(self) -> int:
+        """Fresh seeds per re-scored rule: ``rescore.seeds``, or 5 (1 on ``task=table``,
+        whose rows hold 2-3 recorded seeds: one of them is the search's)."""
+        from .evaluators import TABLE_TASK
+
+        if self.rescore.seeds is not None:
+            return self.rescore.seeds
+        return 1 if self.task.name == TABLE_TASK else 5
+
     @property
     def fidelity_name(self) -> str:
         """The fidelity's name as logged: ``fast``, or ``fast+epochs=2`` when overridden."""
@@ -372,16 +400,16 @@ def _validate_names(cfg: Config, config_dir: Path) -> None:
     check("executor", cfg.executor.name, EXECUTORS.names(), "executor")
     check("tracker", cfg.tracking.name, TRACKERS.names())
     from .dsl import SPACES
-    check("space", cfg.space.name, sorted(SPACES))
+    check("space", cfg.space_name, sorted(SPACES))
 
 
 def _registry_names(cfg: Config) -> list[tuple[str, str, list[str]]]:
     """Task and fidelity names (light modules: no task or training code is imported)."""
     from .evaluation.fidelity import FIDELITIES
-    from .evaluators import TOY_TASK, task_names
+    from .evaluators import LOOKUP_TASKS, task_names
 
     out = [("task", cfg.task.name, task_names())]
-    if cfg.task.name != TOY_TASK:
+    if cfg.task.name not in LOOKUP_TASKS:
         out.append(("fidelity", cfg.fidelity.name, FIDELITIES.names()))
     return out
 

@@ -43,8 +43,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..app import (check_comparison, comparison_name, log_comparison, reference_section,
-                       report_source, run_comparison)
+    from ..app import (task_label, check_comparison, comparison_name, log_comparison,
+                       reference_section, report_source, run_comparison)
     from ..config import ConfigError, strategy_choices
     from ..mlflow_tracker import TrackingError, check_tracking_uri, resolve_tracking_uri
     from ..report.comparison import write_report
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                 update={"experiment": experiment})})
             n = len(strategy_choices(cfg)) * len(cfg.seeds or (cfg.seed,))
             say(f"compare: {n} searches of {cfg.budget} unique evaluations on "
-                f"{cfg.task.name}/{cfg.fidelity_name} (experiment {experiment!r})")
+                f"{task_label(cfg)} (experiment {experiment!r})")
             folder, files, runs = run_comparison(cfg, echo=say)
         tracker = log_comparison(cfg, experiment, files, runs)
     except (TrackingError, ConfigError) as e:

@@ -93,7 +93,7 @@ def relog(folder: str | Path, uri: str | None = None, run_dir: str | None = None
         experiment=experiment or summary.get("experiment") or tracking.get("experiment")
         or folder.name,
         run_name=run_name, background=False, top_k=int(cfg.get("top_k", 5) or 5),
-        child_runs=bool(tracking.get("child_runs", True) if child_runs is None else child_runs))
+        child_runs=bool(_child_runs(cfg, tracking) if child_runs is None else child_runs))
     params = {k: summary[k] for k in ("strategy", "seed", "eval_seed", "budget")
               if summary.get(k) is not None}
     params.update(flatten({k: v for k, v in cfg.items() if k not in _NOT_PARAMS}))
@@ -111,6 +111,21 @@ def relog(folder: str | Path, uri: str | None = None, run_dir: str | None = None
         if isinstance(rows, list) and rows:
             tracker.log_rescored(rows)
     return tracker
+
+
+def _child_runs(cfg: dict[str, Any], tracking: dict[str, Any]) -> bool:
+    """The search's ``tracking.child_runs`` (null or absent: the config's default,
+    :attr:`searchlab.config.Config.child_runs`)."""
+    from pydantic import ValidationError
+
+    from ..config import Config
+
+    if tracking.get("child_runs") is not None:
+        return bool(tracking["child_runs"])
+    try:
+        return Config.model_validate(cfg).child_runs
+    except ValidationError:          # an older or hand-edited config.yaml
+        return True
 
 
 def run(args: argparse.Namespace) -> int:

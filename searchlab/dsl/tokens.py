@@ -97,12 +97,25 @@ _NO_OPT = tuple(o for o in _ALL_OPERANDS if o not in ("adam", "rmsprop"))
 _MULTISCALE = ("g", "m_5", "m", "m_99", "v", "sign_g", "sign_m", "adam_5", "adam", "adam_99",
                "1", "2", "ld", "cd")
 
+#: The tabular benchmark's vocabulary (searchlab.tabular; README, "The tabular benchmark"):
+#: depth 1, b(u1(o1), u2(o2)), the paper's form of rule.  Operands: the gradient and its
+#: powers, the three moving averages, the signs, the constants that make PowerSign- and
+#: AddSign-like factors, Adam and RMSProp (so the table holds rules at and above tuned
+#: Adam: ``adam*cd``, ``adam*ld``), the paper's linear, cosine and restart decays and two
+#: weight-decay terms.  Unary: the paper's functions without noise (no ``drop``; ``eps``
+#: is not an operand either), so every function is deterministic given the evaluation
+#: seed; one clip.  All six binary functions.  66,640 token strings.
+_TABULAR = ("g", "g2", "g3", "m", "v", "gamma", "sign_g", "sign_m", "1", "2", "adam",
+            "rmsprop", "ld", "cd", "rd_10", "1e-4*w", "1e-2*w")
+_TABULAR_UNARY = ("id", "neg", "exp", "log", "sqrt", "sign", "clip_1e-3")
+
 #: Named spaces.  ``paper`` is the full vocabulary of section 4.1; ``scratch`` (the
 #: default for strategy comparisons) removes the ``adam``/``rmsprop`` operands so a
 #: strategy cannot reach Adam-level reward by picking Adam; ``small`` is a ~10^5-rule
 #: space around PowerSign/AddSign for quick demos and tests; ``multiscale`` (not the
 #: paper's) adds momentum and Adam at the timescales 0.5 and 0.99 (``m_5``, ``adam_99``, ...),
-#: where the symbolic search meets the learned multiscale Adam (docs/ARCHITECTURE.md).
+#: where the symbolic search meets the learned multiscale Adam (docs/ARCHITECTURE.md);
+#: ``tabular`` is the space of the tabular benchmark (above) and ``tabular-mini`` a tiny one.
 SPACES: Mapping[str, Space] = MappingProxyType({
     "paper": Space("paper", _ALL_OPERANDS, tuple(UNARY), tuple(BINARY), depth=2),
     "scratch": Space("scratch", _NO_OPT, tuple(UNARY), tuple(BINARY), depth=2),
@@ -110,6 +123,10 @@ SPACES: Mapping[str, Space] = MappingProxyType({
                    ("id", "neg", "exp", "sqrt", "sign"), ("add", "sub", "mul", "div"),
                    depth=2),
     "multiscale": Space("multiscale", _MULTISCALE, tuple(UNARY), tuple(BINARY), depth=2),
+    "tabular": Space("tabular", _TABULAR, _TABULAR_UNARY, tuple(BINARY), depth=1),
+    # a 324-string depth-1 space: a table of it builds in a minute (tests, demos)
+    "tabular-mini": Space("tabular-mini", ("g", "m", "sign_m", "1"), ("id", "sqrt", "sign"),
+                          ("mul", "div", "left"), depth=1),
 })
 
 
