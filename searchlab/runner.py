@@ -496,7 +496,7 @@ def run_search(strategy: Strategy | str, evaluator: Evaluator, budget: int, batc
                     break
                 strategy.tell(search.evaluate(rules))
                 if ckpt is not None:
-                    ckpt.save()
+                    ckpt.save_if_due()
     finally:
         if close_bar is not None:
             close_bar()
@@ -517,9 +517,19 @@ def run_search(strategy: Strategy | str, evaluator: Evaluator, budget: int, batc
     return result
 
 
+#: seconds between two checkpoints of a search's state (every batch of a search whose
+#: batches take longer; the journal records every evaluation at once either way)
+CHECKPOINT_SECONDS = 2.0
+
+
 class _Checkpointing:
     """Connects a search to its run directory (:mod:`searchlab.checkpoint`): journals
-    every evaluation, checkpoints after every batch, restores on resume."""
+    every evaluation, checkpoints after a batch when :data:`CHECKPOINT_SECONDS` have
+    passed since the last checkpoint (after every batch when evaluations train: a
+    checkpoint costs a pickle of the strategy and two fsyncs, milliseconds that a lookup
+    task would pay per batch), restores on resume.  A checkpoint older than the journal
+    loses nothing: on resume the strategy continues from it and the rules it asks again
+    are answered from the journal."""
 
     def __init__(self, run_dir: str | os.PathLike[str], search: _Search, strategy: Strategy,
                  tracker: Tracker, budget: int, resume: bool, identity: dict[str, Any]) -> None:
@@ -530,6 +540,7 @@ class _Checkpointing:
         self.budget, self.resume, self.identity = budget, resume, identity
         self.mode = "state" if strategy_has_state(strategy) else "replay"
         self.batches = 0
+        self.saved_at = -math.inf
 
     def begin(self, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
         """Start the tracker (or continue its run), restore state, write checkpoint 0."""
@@ -553,6 +564,11 @@ class _Checkpointing:
         self.search.on_evaluated = self.files.record
         self.save()
 
+    def save_if_due(self) -> None:
+        """:meth:`save` when :data:`CHECKPOINT_SECONDS` have passed since the last one."""
+        if time.perf_counter() - self.saved_at >= CHECKPOINT_SECONDS:
+            self.save()
+
     def save(self) -> None:
         from .checkpoint import SearchState
 
@@ -563,6 +579,7 @@ class _Checkpointing:
                             tracker=self.tracker.state_dict(), batches=self.batches)
         self.batches += 1
         self.files.save(state)
+        self.saved_at = time.perf_counter()
 
     def close(self) -> None:
         self.files.close()
