@@ -146,6 +146,29 @@ def test_bootstrap_arguments_are_checked():
 
 
 # --------------------------------------------------------------------------- P(X > Y)
+def test_pairwise_probability_is_rliables():
+    """The direct U count equals rliable's mannwhitneyu-based metric, ties included, and
+    the bootstrapped matrix equals the one rliable's own metric gives."""
+    from rliable import library, metrics
+
+    rng = np.random.default_rng(3)
+    for n, m in [(3, 3), (5, 7), (30, 30)]:
+        for t in (1, 2):
+            x = np.round(rng.random((n, t)), 1)      # rounding makes ties
+            y = np.round(rng.random((m, t)), 1)
+            assert st._probability_of_improvement(x, y) == pytest.approx(
+                metrics.probability_of_improvement(x, y), abs=1e-12)
+            assert st._probability_of_improvement(x, x.copy()) == 0.5
+    x, y = np.round(rng.random((10, 1)), 1), np.round(rng.random((10, 1)), 1)
+    for fn in (st._probability_of_improvement, metrics.probability_of_improvement):
+        with st._seeded_global_numpy(5):
+            pe, ie = library.get_interval_estimates({"k": [x, y]}, fn, reps=200)
+        if fn is metrics.probability_of_improvement:
+            np.testing.assert_allclose(np.ravel(pe["k"]), np.ravel(mine[0]), atol=1e-12)
+            np.testing.assert_allclose(np.ravel(ie["k"]), np.ravel(mine[1]), atol=1e-12)
+        mine = (pe["k"], ie["k"])
+
+
 def test_probability_of_improvement_counts_pairs_by_hand():
     # x = 1 2 3, y = 2 2 0: x=1 beats only 0 -> 1; x=2 ties twice (1/2 each), beats 0 -> 2;
     # x=3 beats all three -> 3.  P(x > y) = 6/9, P(y > x) = 3/9.
