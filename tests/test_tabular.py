@@ -184,25 +184,19 @@ def test_a_build_resumes_without_evaluating_twice(tmp_path: Path) -> None:
                                   name="mini"), workers=1, say=lambda s: None, bar=False)
 
 
-def test_compare_on_a_table_end_to_end(mini: tuple[Path, Path], tmp_path: Path) -> None:
-    out = tmp_path / "cmp"
+def test_a_space_the_table_does_not_hold_is_refused(mini: tuple[Path, Path],
+                                                    tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "searchlab.cli", "compare", "task=table",
-           f"task.options.table={mini[1]}", "space=tabular-mini",
-           "strategies=[random,evolution]", "seeds=2", "budget=25", "tracking=none",
-           "quiet=true", f"out={out}", f"run_dir={tmp_path / 'run'}"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    summary = (out / "summary.md").read_text()
-    assert "Adam" in summary and "probability of improvement" in summary.lower()
-    res = json.loads((out / "runs" / "random-s0" / "results.json").read_text())
-    rows = res["results"] if isinstance(res, dict) else res
-    assert all(x["extra"].get("simulated") for x in rows if x["status"] == "ok")
-    # a space the table does not hold is one clear line
-    bad = subprocess.run(cmd[:6] + ["space=scratch", "strategies=[random]", "seeds=1",
-                                    "budget=5", "tracking=none", "quiet=true",
-                                    f"out={tmp_path / 'bad'}", f"run_dir={tmp_path / 'run'}"],
-                         capture_output=True, text=True, timeout=600)
+           f"task.options.table={mini[1]}", "space=scratch", "strategies=[random]", "seeds=1",
+           "budget=5", "tracking=none", "quiet=true", f"out={tmp_path / 'bad'}",
+           f"run_dir={tmp_path / 'run'}"]
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "tabular-mini" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+    missing = subprocess.run(cmd[:5] + [f"task.options.table={tmp_path / 'none.json.gz'}"]
+                             + cmd[6:], capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 2 and "not found" in missing.stderr
+    assert "searchlab table build" in missing.stderr
 
 
 def _rewards(folder: Path) -> dict[str, list[tuple[str, float]]]:
@@ -221,7 +215,7 @@ def test_parallel_searches_equal_serial_ones_and_log_to_mlflow(mini: tuple[Path,
 
     base = [sys.executable, "-m", "searchlab.cli", "compare", "task=table",
             f"task.options.table={mini[1]}", "space=tabular-mini",
-            "strategies=[random,evolution,gp]", "seeds=2", "budget=20", "quiet=true"]
+            "strategies=[random,evolution,gp]", "seeds=2", "budget=15", "quiet=true"]
     one = subprocess.run(base + ["workers=1", "tracking=none", f"out={tmp_path / 'one'}",
                                  f"run_dir={tmp_path / 'r1'}"], capture_output=True, text=True)
     two = subprocess.run(base + ["workers=2", f"out={tmp_path / 'two'}",
@@ -229,6 +223,12 @@ def test_parallel_searches_equal_serial_ones_and_log_to_mlflow(mini: tuple[Path,
                          capture_output=True, text=True)
     assert one.returncode == 0 and two.returncode == 0, (one.stderr[-1500:], two.stderr[-1500:])
     assert _rewards(tmp_path / "one") == _rewards(tmp_path / "two")
+    summary = (tmp_path / "two" / "summary.md").read_text()
+    assert "Adam" in summary and "probability of improvement" in summary.lower()
+    assert (tmp_path / "two" / "report.html").is_file()
+    res = json.loads((tmp_path / "two" / "runs" / "random-s0" / "results.json").read_text())
+    ok = [x for x in res["results"] if x["status"] == "ok"]
+    assert ok and all(x["extra"].get("simulated") for x in ok)
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'r2' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("par")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
