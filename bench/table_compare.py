@@ -37,21 +37,12 @@ def synthetic_table(build_dir: Path, path: Path) -> Path:
     """A table of the build directory's space with made-up records (speed tests only)."""
     import numpy as np
 
-    from searchlab.tabular.build import BuildSpec, _Build
+    from searchlab.tabular.build import BuildSpec, BuildState, string_rows
     from searchlab.tabular.table import Record, Row, Table
 
-    state = _Build(build_dir, BuildSpec())
+    state = BuildState(build_dir, BuildSpec())
     rng = np.random.default_rng(0)
-    index = {fp: i for i, (fp, _) in enumerate(state.rows)}
-    problems: list[str] = []
-    string_row = []
-    for d, prob in zip(state.functions.digests, state.functions.problems):
-        if prob is None:
-            string_row.append(index[d])
-        else:
-            if prob not in problems:
-                problems.append(prob)
-            string_row.append(-1 - problems.index(prob))
+    string_row, problems = string_rows(state.functions, [fp for fp, _ in state.rows])
 
     def rows(pairs):
         out = []

@@ -36,7 +36,7 @@ from ..result import Result
 from .functions import Functions, probe_space
 from .table import DEFAULT_TABLE, TABLE_DIR, Record, Row, Table
 
-__all__ = ["BuildSpec", "build", "export_table", "status"]
+__all__ = ["BuildSpec", "BuildState", "build", "export_table", "status", "string_rows"]
 
 #: the default build directory
 BUILD_DIR = Path("runs") / "table"
@@ -62,7 +62,7 @@ def _order(fp: str) -> bytes:
     return hashlib.blake2b(fp.encode(), digest_size=8, person=b"searchlab-tab").digest()
 
 
-class _Build:
+class BuildState:
     """The state of one build directory: functions, evaluator, journals."""
 
     def __init__(self, out: Path, spec: BuildSpec,
@@ -174,7 +174,7 @@ def build(out: str | os.PathLike[str] = BUILD_DIR, spec: BuildSpec = BuildSpec()
 
     out = Path(out)
     t0 = time.time()
-    state = _Build(out, spec, progress=lambda d, n: say(f"probed {d}/{n} token strings")
+    state = BuildState(out, spec, progress=lambda d, n: say(f"probed {d}/{n} token strings")
                    if d % 10000 == 0 else None)
     say(f"space {spec.space!r}: {len(state.functions.strings)} token strings, "
         f"{len(state.rows)} distinct valid functions (+{len(state.extras)} reference rows); "
@@ -210,7 +210,7 @@ def build(out: str | os.PathLike[str] = BUILD_DIR, spec: BuildSpec = BuildSpec()
     return done
 
 
-def _run(executor: Any, state: _Build, items: list[tuple[str, str, int]],
+def _run(executor: Any, state: BuildState, items: list[tuple[str, str, int]],
          done: dict[str, int], label: str, bar: bool) -> None:
     from ..executors import failure_result
 
@@ -242,6 +242,25 @@ def _run(executor: Any, state: _Build, items: list[tuple[str, str, int]],
         progress.close()
 
 
+def string_rows(functions: Functions, row_fingerprints: Sequence[str]
+                ) -> tuple[list[int], list[str]]:
+    """The table's string index: per token string its row (by fingerprint), or ``-1 - i``
+    for the ``i``-th distinct probe problem; and the list of problems."""
+    index = {fp: i for i, fp in enumerate(row_fingerprints)}
+    problems: list[str] = []
+    pidx: dict[str, int] = {}
+    out = []
+    for d, p in zip(functions.digests, functions.problems):
+        if p is None:
+            out.append(index[d])
+        else:
+            if p not in pidx:
+                pidx[p] = len(problems)
+                problems.append(p)
+            out.append(-1 - pidx[p])
+    return out, problems
+
+
 def _versions() -> dict[str, str]:
     import numpy
     import torch
@@ -264,20 +283,9 @@ def export_table(out: str | os.PathLike[str] = BUILD_DIR, path: str | os.PathLik
     """Write the table of build directory ``out`` (default file: the shipped table of
     ``spec.name`` in :data:`~searchlab.tabular.table.TABLE_DIR`).  Rows without records
     yet are kept with none (``complete: false``)."""
-    state = _Build(Path(out), spec)
+    state = BuildState(Path(out), spec)
     fails = state.failures()
-    index = {fp: i for i, (fp, _) in enumerate(state.rows)}
-    problems: list[str] = []
-    pidx: dict[str, int] = {}
-    string_row = []
-    for d, p in zip(state.functions.digests, state.functions.problems):
-        if p is None:
-            string_row.append(index[d])
-        else:
-            if p not in pidx:
-                pidx[p] = len(problems)
-                problems.append(p)
-            string_row.append(-1 - pidx[p])
+    string_row, problems = string_rows(state.functions, [fp for fp, _ in state.rows])
 
     def rows_of(pairs: Sequence[tuple[str, str]], seeds: Sequence[int]) -> list[Row]:
         out_rows = []
@@ -315,7 +323,7 @@ def export_table(out: str | os.PathLike[str] = BUILD_DIR, path: str | os.PathLik
 
 def status(out: str | os.PathLike[str] = BUILD_DIR, spec: BuildSpec = BuildSpec()) -> dict[str, int]:
     """Counts of a build directory: rows, records per seed, failures."""
-    state = _Build(Path(out), spec)
+    state = BuildState(Path(out), spec)
     fails = state.failures()
     got = {f"seed {s}": sum(state.cached(fp, s) is not None for fp, _ in state.rows)
            for s in spec.seeds}
