@@ -35,6 +35,8 @@ class TokenSampler:
     def __init__(self, space: Space) -> None:
         self.space = space
         self._memo: dict[tuple[int, tuple[str, ...]], int] = {}
+        self._choices: dict[tuple[int, tuple[str, ...], str | None],
+                            tuple[list[str], np.ndarray]] = {}
 
     def completions(self, prefix: Sequence[str]) -> int:
         """Number of valid complete token strings starting with ``prefix``."""
@@ -58,15 +60,24 @@ class TokenSampler:
                exclude: str | None = None) -> str | None:
         """Draw the next token so that complete strings stay uniform; ``exclude`` removes
         one token from the choices (None if nothing is left)."""
-        mask = valid_next_tokens(self.space, prefix)
-        cands = [self.space.vocab[i] for i in np.flatnonzero(mask)]
-        if exclude is not None:
-            cands = [c for c in cands if c != exclude]
+        # the candidates and their weights depend on what completions() depends on (the
+        # position and the group's operands so far): computed once per such key
+        pos = len(prefix)
+        start = (pos // GROUP) * GROUP
+        key = (pos, tuple(prefix[start: min(pos, start + 2)]), exclude)
+        hit = self._choices.get(key)
+        if hit is None:
+            mask = valid_next_tokens(self.space, prefix)
+            cands = [self.space.vocab[i] for i in np.flatnonzero(mask)]
+            if exclude is not None:
+                cands = [c for c in cands if c != exclude]
+            prefix = list(prefix)
+            w = np.array([float(self.completions(prefix + [c])) for c in cands])
+            hit = self._choices[key] = (cands, w / w.sum() if cands else w)
+        cands, p = hit
         if not cands:
             return None
-        prefix = list(prefix)
-        w = np.array([float(self.completions(prefix + [c])) for c in cands])
-        return cands[int(rng.choice(len(cands), p=w / w.sum()))]
+        return cands[int(rng.choice(len(cands), p=p))]
 
     def complete(self, prefix: Sequence[str], rng: np.random.Generator) -> list[str]:
         """``prefix`` completed uniformly at random into a full valid token string."""
