@@ -8,7 +8,8 @@ A search with a run directory keeps two files there:
                        loses no finished evaluation; after a power cut the journal may lack
                        its last lines (those evaluations are then run again), while the
                        checkpoint is always whole.
-``checkpoint.pkl``     the search state after every batch, replaced atomically (written to
+``checkpoint.pkl``     the search state after every batch (at most every 2 s:
+                       ``runner.CHECKPOINT_SECONDS``), replaced atomically (written to
                        a temporary file, fsynced, then ``os.replace``): the numbered
                        samples, the runner's counters, ``strategy.state_dict()`` (controller
                        weights, optimizer state, populations, RNG states), the tracker's
@@ -218,7 +219,7 @@ class Checkpointer:
     """A search's run directory: the journal of evaluations and the atomic checkpoint.
 
     The runner calls :meth:`record` for every completed evaluation, :meth:`save` after
-    every batch, and :meth:`load` when resuming.  ``fsync=True`` also forces every
+    a batch (at most every ``runner.CHECKPOINT_SECONDS``), and :meth:`load` when resuming.  ``fsync=True`` also forces every
     journal line to the disk (about 3 ms each here: costly for millisecond evaluations,
     negligible for trainings); the checkpoint is always fsynced.
     """
