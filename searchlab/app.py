@@ -564,7 +564,7 @@ def run_comparison(cfg: Config, *, out: str | os.PathLike[str] | None = None,
     runs.sort(key=lambda r: (rank.get(r.label, len(rank)), r.seed))
     targets, extra = reference_section(cfg, folder, runs, tell)
     files = write_report(runs, folder, cfg.threshold,
-                         title=f"{cfg.task.name} / {cfg.fidelity_name} / {cfg.space_name}",
+                         title=f"{task_label(cfg, ' / ')} / {cfg.space_name}",
                          reps=cfg.reps, targets=targets, extra_markdown=extra)
     return folder, files, runs
 
