@@ -277,3 +277,15 @@ def test_gymnasium_env_on_a_table(mini: tuple[Path, Path]) -> None:
             done = term or trunc
         rule = env.unwrapped._last.rule
         assert reward == pytest.approx(ev.evaluate(rule, 0).reward)
+
+
+def test_config_defaults_follow_the_task() -> None:
+    from searchlab.config import load_config
+
+    table = load_config(["task=table"])
+    assert (table.space_name, table.child_runs, table.rescore_seeds) == ("tabular", False, 1)
+    mine = load_config(["task=table", "space=tabular-mini", "tracking.child_runs=true",
+                        "rescore.seeds=2"])
+    assert (mine.space_name, mine.child_runs, mine.rescore_seeds) == ("tabular-mini", True, 2)
+    trained = load_config([])
+    assert (trained.space_name, trained.child_runs, trained.rescore_seeds) == ("scratch", True, 5)
