@@ -308,11 +308,15 @@ _LOADED: dict[str, Table] = {}
 
 
 def _loaded(table: str) -> Table:
-    """One :class:`Table` per file and process (worker processes load it once)."""
-    key = str(table_path(table).resolve())
-    if key not in _LOADED:
-        _LOADED[key] = Table.load(table)
-    return _LOADED[key]
+    """One :class:`Table` per file and process (worker processes load it once).  Looked
+    up by the name first: resolving the path is file-system calls on every lookup."""
+    hit = _LOADED.get(table)
+    if hit is None:
+        key = str(table_path(table).resolve())
+        if key not in _LOADED:
+            _LOADED[key] = Table.load(table)
+        hit = _LOADED[table] = _LOADED[key]
+    return hit
 
 
 @dataclass(frozen=True)
