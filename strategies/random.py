@@ -73,11 +73,17 @@ class TokenSampler:
                 cands = [c for c in cands if c != exclude]
             prefix = list(prefix)
             w = np.array([float(self.completions(prefix + [c])) for c in cands])
-            hit = self._choices[key] = (cands, w / w.sum() if cands else w)
-        cands, p = hit
+            cdf = (w / w.sum()).cumsum() if cands else w
+            if cands:
+                cdf /= cdf[-1]
+            hit = self._choices[key] = (cands, cdf)
+        cands, cdf = hit
         if not cands:
             return None
-        return cands[int(rng.choice(len(cands), p=p))]
+        # exactly what ``rng.choice(len(cands), p=p)`` draws (numpy's Generator.choice:
+        # normalised cumsum, one ``random()``, searchsorted right; tests/test_strategies.py
+        # checks the two agree), without its per-call checks of p (7x faster)
+        return cands[int(cdf.searchsorted(rng.random(), side="right"))]
 
     def complete(self, prefix: Sequence[str], rng: np.random.Generator) -> list[str]:
         """``prefix`` completed uniformly at random into a full valid token string."""

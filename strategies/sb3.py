@@ -129,6 +129,34 @@ def _global_rng_preserved() -> Iterator[None]:
         torch.set_rng_state(th)
 
 
+#: what the agent's side keeps of the env's info: SB3 reads none of the env's own keys
+#: (its Monitor adds ``episode``, DummyVecEnv ``terminal_observation``), and DummyVecEnv
+#: deep-copies every step's info, which for the Result, the token tuple and the mask list
+#: was ~7 % of a search on a table (the runner has the Result already)
+_INFO_KEPT = ("position", "status", "rule")
+
+
+def _slim(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: info[k] for k in _INFO_KEPT if k in info}
+
+
+@contextlib.contextmanager
+def _distribution_checks_off() -> Iterator[None]:
+    """Skip ``torch.distributions`` argument validation (restored on exit).
+
+    MaskablePPO builds two categorical distributions per env step and validates their
+    logits each time (a third of its rollout time on a table); the values are the same
+    with validation off, only the check is skipped (the logits come from the policy)."""
+    from torch.distributions import Distribution
+
+    before = Distribution._validate_args
+    Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        Distribution.set_default_validate_args(before)
+
+
 class _TrainingReward(gym.Wrapper):
     """What the agent is trained on: invalid-token episodes and repeats per the policy.
 
@@ -162,7 +190,7 @@ class _TrainingReward(gym.Wrapper):
                     self.stats["repeats"] += 1
                     if self.repeats == "floor":
                         reward = float(FLOOR_REWARD)
-        return obs, float(reward), terminated, truncated, info
+        return obs, float(reward), terminated, truncated, _slim(info)
 
     def _invalid(self, position: int) -> float:
         if self.invalid_reward == "progress":
@@ -271,7 +299,7 @@ class SB3Strategy(Strategy):
             def _on_step(self) -> bool:
                 return not strategy._should_stop(done)
 
-        with _global_rng_preserved(), single_thread():
+        with _global_rng_preserved(), single_thread(), _distribution_checks_off():
             env = self.make_env(evaluate)
             self.model = self.algo_class(self.policy, env, seed=int(self.seed), device="cpu",
                                          verbose=0, **self.hyperparameters)

@@ -257,6 +257,27 @@ def test_random_samples_are_uniform_over_token_strings():
     assert _chi2_pvalue([naive[s] for s in strings]) < 1e-6
 
 
+def test_random_draws_are_numpys_weighted_choice():
+    """TokenSampler.choose draws with a cached cdf; the same generator state must give
+    what numpy's own ``Generator.choice(k, p=...)`` gives (weights from the independent
+    enumeration of complete strings), so replayed searches keep their rules."""
+    from searchlab.strategies.random import TokenSampler
+
+    strings = _all_strings(TINY)
+    sampler = TokenSampler(TINY)
+    ours, ref = np.random.default_rng(7), np.random.default_rng(7)
+    for _ in range(300):
+        prefix: list[str] = []
+        while len(prefix) < TINY.length:
+            cands = [TINY.vocab[i] for i in np.flatnonzero(valid_next_tokens(TINY, prefix))]
+            w = np.array([sum(s[:len(prefix) + 1] == (*prefix, c) for s in strings)
+                          for c in cands], dtype=float)
+            expect = cands[int(ref.choice(len(cands), p=w / w.sum()))]
+            got = sampler.choose(prefix, ours)
+            assert got == expect
+            prefix.append(got)
+
+
 # --- evolution -----------------------------------------------------------------------
 def test_mutation_changes_a_token_keeps_valid_ones_and_repairs_the_rest():
     from searchlab.strategies.evolution import mutate_tokens
