@@ -14,6 +14,15 @@ optimizers under the same reward protocol (BENCHMARKS.md, "Learned optimizers").
    the learned optimizers and the rules adam, rmsprop (their lr tuned by the same sweep).
 3. Scores on ``mnist1d`` at ``fast``: the hierarchical RNN, the best LWA (by its ensemble
    reward), untrained LWA (uniform weights) beside g (SGD), adam, PowerSign.
+4. ``--paper TASK [--data-dir PATH]`` (instead of 1-3, using the files of 1): scores the same
+   rows plus the best searched rule of the mnist1d verdict (``--searched``) on ``TASK``
+   (``mnist1d`` or ``cifar10``) at the ``paper`` fidelity.  CIFAR-10 rows take minutes to
+   an hour each, so every (row, seed) is journaled to ``<out>/paper-<task>.jsonl`` as it
+   finishes and a rerun skips the finished ones (``--report`` only prints the table).
+
+       OMP_NUM_THREADS=1 python bench/learned.py --paper mnist1d --seeds 0 1
+       OMP_NUM_THREADS=1 python bench/learned.py --paper cifar10 --seeds 0 \
+           --data-dir ../shared/data/cifar10-jpeg.tar.gz
 
 Results go to ``<out>/results.json``; the tables are printed as Markdown.
 """
@@ -41,6 +50,8 @@ from searchlab.learned.metatrain import MetaTrainConfig  # noqa: E402
 from searchlab.learned.scoring import score_learned  # noqa: E402
 
 RULES = {"SGD": "g", "Adam": "adam", "RMSProp": "rmsprop", "PowerSign": "exp(sign(g)*sign(m))*g"}
+#: evolution's best re-scored rule of the mnist1d verdict (results/verdict/summary.md)
+SEARCHED = "clip(0.01*w, 1e-5) - -(sign(g) + drop(sign_m, 0.3))"
 
 
 def curve(losses: list[float], parts: int = 10) -> list[float]:
@@ -65,10 +76,18 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-mnist1d", action="store_true")
+    ap.add_argument("--paper", choices=["mnist1d", "cifar10"], default=None,
+                    help="part 4 only: score the rows at the paper fidelity on this task")
+    ap.add_argument("--data-dir", default=None, help="cifar10: ImageFolder tree or .tar.gz")
+    ap.add_argument("--searched", default=SEARCHED, help="the searched rule row of part 4")
+    ap.add_argument("--rows", nargs="+", default=None, help="part 4: only these rows")
+    ap.add_argument("--report", action="store_true", help="part 4: print the journal only")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.paper is not None:
+        return paper_part(args, out)
     kinds = {"hrnn": args.hrnn_steps, "lwa-a": args.steps, "lwa-b": args.steps,
              "lwa-c": args.steps, "ni-momentums": args.steps, "msadam-mlp": args.steps}
     report: dict = {"meta": {}, "ensemble": {}, "mnist1d": {}}
@@ -139,6 +158,71 @@ def main() -> int:
         table("MNIST-1D (never seen in meta-training)", mn)
     (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
     print(f"\nresults: {out / 'results.json'}", file=sys.stderr)
+    return 0
+
+
+def paper_part(args: argparse.Namespace, out: Path) -> int:
+    """Part 4: the learned rows beside SGD, Adam, PowerSign and the best searched rule at the
+    ``paper`` fidelity, journaled per (row, seed)."""
+    task = args.paper
+    options = {"data_dir": args.data_dir} if task == "cifar10" and args.data_dir else {}
+    learned = {"learned hrnn": out / "hrnn.pt", "learned lwa-a": out / "lwa-a.pt",
+               "lwa (untrained, uniform)": "lwa-a"}
+    rules = {"SGD": "g", "Adam": "adam", "PowerSign": RULES["PowerSign"],
+             "best searched rule (mnist1d verdict)": args.searched}
+    for f in learned.values():
+        if isinstance(f, Path) and not f.is_file():
+            print(f"error: {f} is missing: run `python bench/learned.py` first", file=sys.stderr)
+            return 2
+    journal = out / f"paper-{task}.jsonl"
+    done: dict[tuple[str, int], dict] = {}
+    if journal.is_file():
+        for line in journal.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:    # a line cut by a kill: that row runs again
+                continue
+            done[(rec["row"], rec["seed"])] = rec
+    names = list(rules) + list(learned)
+    if args.rows:
+        names = [n for n in names if n in args.rows]
+    for name in ([] if args.report else names):
+        for seed in args.seeds:
+            if (name, seed) in done:
+                continue
+            t0 = time.perf_counter()
+            if name in rules:
+                ev = Evaluator(task, "paper", threads=1, **options)
+                r = ev.evaluate(rules[name], seed, test=True)
+                discovery = 0.0
+            else:
+                r = score_learned(learned[name], task, "paper", seed, test=True, threads=1,
+                                  **options)
+                discovery = r.extra.get("meta_cpu_seconds", 0.0)
+            rec = {"row": name, "seed": seed, "rule": r.rule, "status": r.status,
+                   "val": r.reward, "test": r.extra.get("test_reward", math.nan),
+                   "lr": r.best_lr, "cpu": r.extra.get("cpu_seconds", 0.0),
+                   "wall": time.perf_counter() - t0, "discovery_cpu": discovery,
+                   "load": os.getloadavg()[0]}
+            with open(journal, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            done[(name, seed)] = rec
+            print(f"{name} seed {seed}: {r.status} val {r.reward:.4f} in {rec['wall']:.0f} s",
+                  file=sys.stderr)
+    print(f"\n### {task} at the `paper` fidelity (load average {os.getloadavg()[0]:.1f})\n")
+    print("| optimizer | val reward (mean) | per seed | test (mean) | best lr | "
+          "scoring CPU-s per seed | discovery CPU-s |")
+    print("|---|---:|---|---:|---|---:|---:|")
+    rows: dict[str, list[dict]] = {}
+    for (name, _seed), rec in sorted(done.items(), key=lambda kv: kv[0][1]):
+        rows.setdefault(name, []).append(rec)
+    for name, recs in sorted(rows.items(), key=lambda kv: -mean([r["val"] for r in kv[1]])):
+        per = " / ".join(f"{r['val']:.4f}" + ("" if r["status"] == "ok" else f" ({r['status']})")
+                         for r in recs)
+        lrs = " / ".join(f"{r['lr']:g}" if r["lr"] is not None else "-" for r in recs)
+        print(f"| {name} | {mean([r['val'] for r in recs]):.4f} | {per} | "
+              f"{mean([r['test'] for r in recs]):.4f} | {lrs} | "
+              f"{mean([r['cpu'] for r in recs]):.0f} | {recs[0]['discovery_cpu']:.0f} |")
     return 0
 
 
