@@ -52,6 +52,9 @@ from searchlab.learned.scoring import score_learned  # noqa: E402
 RULES = {"SGD": "g", "Adam": "adam", "RMSProp": "rmsprop", "PowerSign": "exp(sign(g)*sign(m))*g"}
 #: evolution's best re-scored rule of the mnist1d verdict (results/verdict/summary.md)
 SEARCHED = "clip(0.01*w, 1e-5) - -(sign(g) + drop(sign_m, 0.3))"
+#: its discovery compute: the mean summed child-training CPU-seconds of one evolution
+#: search of that verdict (300 evaluations; results/verdict/summary.md)
+SEARCHED_CPU = 407.0
 
 
 def curve(losses: list[float], parts: int = 10) -> list[float]:
@@ -80,6 +83,8 @@ def main() -> int:
                     help="part 4 only: score the rows at the paper fidelity on this task")
     ap.add_argument("--data-dir", default=None, help="cifar10: ImageFolder tree or .tar.gz")
     ap.add_argument("--searched", default=SEARCHED, help="the searched rule row of part 4")
+    ap.add_argument("--searched-cpu", type=float, default=SEARCHED_CPU,
+                    help="part 4: the CPU-seconds of the search that found --searched")
     ap.add_argument("--rows", nargs="+", default=None, help="part 4: only these rows")
     ap.add_argument("--report", action="store_true", help="part 4: print the journal only")
     args = ap.parse_args()
@@ -161,6 +166,15 @@ def main() -> int:
     return 0
 
 
+def mean_sd(xs: list[float]) -> str:
+    xs = [x for x in xs if isinstance(x, (int, float)) and math.isfinite(x)]
+    if len(xs) < 2:
+        return f"{mean(xs):.4f}"
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+    return f"{m:.4f} +- {sd:.4f}"
+
+
 def paper_part(args: argparse.Namespace, out: Path) -> int:
     """Part 4: the learned rows beside SGD, Adam, PowerSign and the best searched rule at the
     ``paper`` fidelity, journaled per (row, seed)."""
@@ -168,8 +182,9 @@ def paper_part(args: argparse.Namespace, out: Path) -> int:
     options = {"data_dir": args.data_dir} if task == "cifar10" and args.data_dir else {}
     learned = {"learned hrnn": out / "hrnn.pt", "learned lwa-a": out / "lwa-a.pt",
                "lwa (untrained, uniform)": "lwa-a"}
-    rules = {"SGD": "g", "Adam": "adam", "PowerSign": RULES["PowerSign"],
-             "best searched rule (mnist1d verdict)": args.searched}
+    searched = "best searched rule (mnist1d verdict)"
+    rules = {"SGD": "g", "Adam": "adam", "PowerSign": RULES["PowerSign"], searched: args.searched}
+    found_cpu = {searched: args.searched_cpu}     # hand-designed rules: 0
     for f in learned.values():
         if isinstance(f, Path) and not f.is_file():
             print(f"error: {f} is missing: run `python bench/learned.py` first", file=sys.stderr)
@@ -194,7 +209,7 @@ def paper_part(args: argparse.Namespace, out: Path) -> int:
             if name in rules:
                 ev = Evaluator(task, "paper", threads=1, **options)
                 r = ev.evaluate(rules[name], seed, test=True)
-                discovery = 0.0
+                discovery = found_cpu.get(name, 0.0)
             else:
                 r = score_learned(learned[name], task, "paper", seed, test=True, threads=1,
                                   **options)
@@ -210,7 +225,7 @@ def paper_part(args: argparse.Namespace, out: Path) -> int:
             print(f"{name} seed {seed}: {r.status} val {r.reward:.4f} in {rec['wall']:.0f} s",
                   file=sys.stderr)
     print(f"\n### {task} at the `paper` fidelity (load average {os.getloadavg()[0]:.1f})\n")
-    print("| optimizer | val reward (mean) | per seed | test (mean) | best lr | "
+    print("| optimizer | val reward (mean +- sd) | per seed | test (mean +- sd) | best lr | "
           "scoring CPU-s per seed | discovery CPU-s |")
     print("|---|---:|---|---:|---|---:|---:|")
     rows: dict[str, list[dict]] = {}
@@ -220,9 +235,10 @@ def paper_part(args: argparse.Namespace, out: Path) -> int:
         per = " / ".join(f"{r['val']:.4f}" + ("" if r["status"] == "ok" else f" ({r['status']})")
                          for r in recs)
         lrs = " / ".join(f"{r['lr']:g}" if r["lr"] is not None else "-" for r in recs)
-        print(f"| {name} | {mean([r['val'] for r in recs]):.4f} | {per} | "
-              f"{mean([r['test'] for r in recs]):.4f} | {lrs} | "
-              f"{mean([r['cpu'] for r in recs]):.0f} | {recs[0]['discovery_cpu']:.0f} |")
+        print(f"| {name} | {mean_sd([r['val'] for r in recs])} | {per} | "
+              f"{mean_sd([r['test'] for r in recs])} | {lrs} | "
+              f"{mean([r['cpu'] for r in recs]):.0f} | "
+              f"{found_cpu.get(name, recs[0]['discovery_cpu']):.0f} |")
     return 0
 
 
