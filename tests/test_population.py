@@ -163,8 +163,10 @@ def test_problem_populations_equal_each_rule_alone(task):
 
 def test_a_slow_problem_rule_times_out_alone():
     ev = Evaluator("ensemble", "fast")
-    comp = [compile_rule(as_rule("g")), _Slow("m", sleep=0.01), compile_rule(as_rule("adam"))]
-    outs = run_problems_population(ev.task, comp, ev.fidelity, 2, time_limit=0.5)
+    # the limit leaves the two ordinary rules ample time on a loaded machine (0.5 s timed
+    # Adam out at load average 4); the slow one needs 400 x 0.02 s = 8 s for its first lr
+    comp = [compile_rule(as_rule("g")), _Slow("m", sleep=0.02), compile_rule(as_rule("adam"))]
+    outs = run_problems_population(ev.task, comp, ev.fidelity, 2, time_limit=4.0)
     assert [o.status for o in outs] == ["ok", "timeout", "ok"]
     for o, rule in ((outs[0], "g"), (outs[2], "adam")):
         assert o.reward == pytest.approx(ev.evaluate(rule, seed=2, use_cache=False).reward,
