@@ -290,3 +290,34 @@ def test_interrupted_search_marks_the_run_killed(store):
     parent = parent_of(client, exp.experiment_id)
     assert parent.info.status == "KILLED"
     assert len(children(client, exp.experiment_id, parent.info.run_id)) == 5
+
+
+def test_metrics_held_by_a_dying_tracker_are_logged_by_resume(store):
+    """Without nested runs, batches logged within FLUSH_SECONDS are held and written
+    together; a process that dies holding some (no finish, no abort) loses them from the
+    store, and ``resume`` with the checkpointed samples writes each missing step once."""
+    run_dir, uri = store
+    exp_name = "held-metrics"
+    results = [Result(rule=f"g*{i}", key=f"k{i}", reward=0.01 * i, seconds=0.1)
+               for i in range(30)]
+    first = MlflowTracker(uri=uri, experiment=exp_name, run_dir=run_dir, child_runs=False,
+                          background=False)
+    first.start({"budget": 30}, {"task": "toy"})
+    for k in range(0, 20, 5):          # 4 batches in far less than FLUSH_SECONDS
+        first.log(results[k:k + 5], k)
+    client = MlflowClient(uri)
+    steps = sorted(m.step for m in client.get_metric_history(first.run_id, "search/reward"))
+    assert steps == list(range(5))     # the first batch written, the next three held
+    state = first.state_dict()
+    del first                          # the process "dies": nothing flushes the held ones
+
+    second = MlflowTracker(uri=uri, experiment=exp_name, run_dir=run_dir, child_runs=False,
+                           background=False)
+    second.resume(state, {"budget": 30}, {"task": "toy"}, results[:20])
+    second.log(results[20:], 20)
+    second.finish({"unique": 30})
+    assert second.error is None and second.run_id == state["run_id"]
+    hist = sorted(client.get_metric_history(state["run_id"], "search/reward"),
+                  key=lambda m: m.step)
+    assert [m.step for m in hist] == list(range(30))       # every step once
+    assert [m.value for m in hist] == pytest.approx([r.reward for r in results])
