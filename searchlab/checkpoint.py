@@ -219,9 +219,10 @@ class Checkpointer:
     """A search's run directory: the journal of evaluations and the atomic checkpoint.
 
     The runner calls :meth:`record` for every completed evaluation, :meth:`save` after
-    a batch (at most every ``runner.CHECKPOINT_SECONDS``), and :meth:`load` when resuming.  ``fsync=True`` also forces every
-    journal line to the disk (about 3 ms each here: costly for millisecond evaluations,
-    negligible for trainings); the checkpoint is always fsynced.
+    a batch (at most every ``runner.CHECKPOINT_SECONDS``), and :meth:`load` when
+    resuming.  ``fsync=True`` also forces every journal line to the disk (about 3 ms
+    each here: costly for millisecond evaluations, negligible for trainings); the
+    checkpoint is always fsynced.
     """
 
     def __init__(self, run_dir: str | os.PathLike[str], fsync: bool = False) -> None:

@@ -74,9 +74,7 @@ class TokenSampler:
             prefix = list(prefix)
             w = np.array([float(self.completions(prefix + [c])) for c in cands])
             cdf = (w / w.sum()).cumsum() if cands else w
-            if cands:
-                cdf /= cdf[-1]
-            hit = self._choices[key] = (cands, cdf)
+            hit = self._choices[key] = (cands, cdf / cdf[-1] if cands else cdf)
         cands, cdf = hit
         if not cands:
             return None
