@@ -75,6 +75,8 @@ class Result:
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 #: float fields of a Result that old files may hold as null for NaN
 _FLOAT_FIELDS = ("reward",)
+#: JSON values :func:`from_jsonable` returns unchanged (skipped: a report reads ~10^5)
+_PLAIN = frozenset((int, float, bool, type(None)))
 
 
 def to_jsonable(value: Any) -> Any:
@@ -109,9 +111,9 @@ def from_jsonable(value: Any) -> Any:
     if isinstance(value, str):
         return _NONFINITE.get(value, value)
     if isinstance(value, dict):
-        return {k: from_jsonable(v) for k, v in value.items()}
+        return {k: v if type(v) in _PLAIN else from_jsonable(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [from_jsonable(v) for v in value]
+        return [v if type(v) in _PLAIN else from_jsonable(v) for v in value]
     return value
 
 
@@ -122,22 +124,25 @@ def result_to_json(result: Result) -> dict[str, Any]:
     return to_jsonable(result)
 
 
+#: fields read as written: text (``"nan"`` may be a rule's text) and the token tuple
+_TEXT_FIELDS = frozenset(("rule", "key", "status", "task", "fidelity", "fingerprint",
+                          "message", "tokens"))
+
+
 def result_from_json(data: Mapping[str, Any]) -> Result:
     """The :class:`Result` of a dict written by :func:`result_to_json` (or by an older
     searchlab); unknown keys are ignored, so files from a newer version load too."""
-    known = set(Result.__dataclass_fields__)
-    d = {k: v for k, v in data.items() if k in known}
-    # text fields are never converted ("nan" may be a rule's text); numbers are
-    for k, v in list(d.items()):
-        if k not in ("rule", "key", "status", "task", "fidelity", "fingerprint", "message",
-                     "tokens"):
-            d[k] = from_jsonable(v)
+    known = Result.__dataclass_fields__
+    # text fields are never converted; numbers are
+    d = {k: v if k in _TEXT_FIELDS or type(v) in _PLAIN else from_jsonable(v)
+         for k, v in data.items() if k in known}
     for k in _FLOAT_FIELDS:
         if d.get(k) is None:
             d[k] = math.nan
     d["sweep"] = tuple((float(lr), math.nan if v is None else v) for lr, v in d.get("sweep", ()))
     d["curve"] = tuple(math.nan if v is None else v for v in d.get("curve", ()))
-    return Result.from_dict(d)
+    d["tokens"] = tuple(d.get("tokens", ()))
+    return Result(**d)
 
 
 def dumps_result(result: Result) -> str:

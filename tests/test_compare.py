@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -15,7 +17,7 @@ from searchlab.report.comparison import (best_so_far, bootstrap_ci, evals_to_rea
                                          summarize, write_report)
 from searchlab.runfiles import (RunRecord, best_results, load_runs, load_search,  # noqa: E402
                                 write_search_files)
-from searchlab.result import Result  # noqa: E402
+from searchlab.result import Result, dumps_result, loads_result  # noqa: E402
 
 
 def res(i: int, reward: float, key: str | None = None, **kw) -> Result:
@@ -90,6 +92,69 @@ def test_summary_rows_from_hand_computed_runs():
 def test_best_results_distinct_keys_then_earliest():
     rs = [res(0, 0.5, "a"), res(1, 0.9, "b"), res(2, 0.9, "c"), res(3, 0.9, "b")]
     assert [r.key for r in best_results(rs, 3)] == ["b", "c", "a"]
+
+
+
+_REWARDS = st.one_of(st.sampled_from([0.0, 0.5, 0.9, math.nan, math.inf, -math.inf]),
+                     st.floats(0, 1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_REWARDS, st.sampled_from("abc"), st.one_of(st.none(), st.integers(0, 5))),
+                max_size=12))
+def test_the_best_result_is_the_first_of_the_ranking(rows):
+    # best_results(.., 1) takes a shortcut (min instead of a sort): the same result as
+    # the first of the full ranking, ties, non-finite rewards and missing samples included
+    rs = [Result(rule=k, key=k, reward=r, extra={} if s is None else {"sample": s})
+          for r, k, s in rows]
+    fast, ranked = best_results(rs, 1), best_results(rs, len(rs) + 1)
+    assert fast == ranked[:1] and (not fast or fast[0] is ranked[0])
+
+
+_JSON_FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-3, 3))
+
+
+@settings(max_examples=200, deadline=None)
+@given(rule=st.sampled_from(["nan", "inf", "g", "-inf"]), reward=_JSON_FLOATS,
+       sweep=st.lists(st.tuples(st.sampled_from([1e-3, 0.1, 1.0]), _JSON_FLOATS), max_size=3),
+       curve=st.lists(_JSON_FLOATS, max_size=3),
+       extra=st.dictionaries(st.sampled_from(["a", "b", "sample"]),
+                             st.one_of(_JSON_FLOATS, st.text(max_size=4), st.booleans(), st.none(),
+                                       st.lists(_JSON_FLOATS, max_size=2)), max_size=3))
+def test_results_survive_their_json_codec(rule, reward, sweep, curve, extra):
+    # through real JSON text: texts stay texts ("nan" is a rule here), numbers (non-finite
+    # ones as "nan"/"inf" strings) come back as the same floats, nested ones included
+    r = Result(rule=rule, key=rule, reward=float(reward), sweep=tuple(sweep), curve=tuple(curve),
+               tokens=(rule, "id"), message="inf", extra=extra)
+    back = loads_result(dumps_result(r))
+    same = lambda a, b: a == b or (isinstance(a, float) and isinstance(b, float)  # noqa: E731
+                                   and math.isnan(a) and math.isnan(b))
+    assert back.rule == rule and back.key == rule and back.message == "inf"
+    assert back.tokens == (rule, "id") and type(back.sweep) is tuple and type(back.curve) is tuple
+    assert same(back.reward, float(reward))
+    assert all(same(a, b) for a, b in zip(back.curve, curve)) and len(back.curve) == len(curve)
+    assert [x[0] for x in back.sweep] == [x[0] for x in sweep]
+    assert all(same(a[1], b[1]) for a, b in zip(back.sweep, sweep))
+    assert back.extra.keys() == extra.keys()
+    for k, v in extra.items():
+        w = back.extra[k]
+        if isinstance(v, list):
+            assert len(w) == len(v) and all(same(a, b) for a, b in zip(w, v))
+        elif isinstance(v, str):
+            # a text that spells a non-finite number comes back as the number: the one
+            # convention of the codec for values whose type the file does not record
+            assert w == v or (v in ("nan", "inf", "-inf") and isinstance(w, float))
+        else:
+            assert same(w, v)
+
+
+def test_a_records_reward_views_are_read_only():
+    r = run("a", 0, [0.1, 0.5, 0.5, 0.7], keys=["x", "y", "y", "z"])
+    assert r.rewards is r.rewards          # computed once
+    with pytest.raises(ValueError):
+        r.rewards[0] = 1.0
+    r.unique_results().clear()             # a copy: the record keeps its results
+    assert r.unique == 3
 
 
 # --- files -------------------------------------------------------------------------------
