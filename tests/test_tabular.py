@@ -289,3 +289,43 @@ def test_config_defaults_follow_the_task() -> None:
     assert (mine.space_name, mine.child_runs, mine.rescore_seeds) == ("tabular-mini", True, 2)
     trained = load_config([])
     assert (trained.space_name, trained.child_runs, trained.rescore_seeds) == ("scratch", True, 5)
+
+
+def test_describe_matches_a_direct_reading_of_the_file(mini: tuple[Path, Path],
+                                                       tmp_path: Path) -> None:
+    # the expected numbers come from the gzip JSON itself (records are lists: seed,
+    # reward, test, ...), not from the Table classes the summary uses
+    from searchlab.tabular.summary import summarize_table
+
+    raw = json.loads(gzip.decompress(mini[1].read_bytes()))
+    recs = raw["rows"]["records"]
+    means = [sum(r[1] for r in rs) / len(rs) for rs in recs if rs]
+    refs = {"g": "g", "m": "m", "sign(m)*sqrt(g)": "sign(m)*sqrt(g)", "adam": "adam"}
+    s = summarize_table(Table.load(mini[1]), references=refs, top=5)
+    assert s.rows == len(recs) and s.measured == len(means) and s.complete
+    assert sorted(s.rewards.tolist()) == pytest.approx(sorted(means))
+    assert sum(s.records_per_seed.values()) == sum(len(rs) for rs in recs)
+    records_of = {fp: (rs, part == "rows") for part in ("rows", "extras")
+                  for fp, rs in zip(raw[part]["fingerprint"], raw[part]["records"])}
+    for ref in s.references:
+        rs, in_space = records_of[probe(Rule.parse(ref.rule)).digest]
+        mine = sum(r[1] for r in rs) / len(rs)
+        assert ref.in_space == in_space and ref.seeds == len(rs)
+        assert ref.reward == pytest.approx(mine)
+        assert ref.share_above == pytest.approx(sum(x > mine for x in means) / len(means))
+        tests = [r[2] for r in rs if r[2] is not None]
+        assert ref.test == pytest.approx(sum(tests) / len(tests))
+    assert not s.references[-1].in_space        # adam: not an operand of tabular-mini
+    missing = summarize_table(Table.load(mini[1]), references={"x": "exp(g)*exp(m)"})
+    assert missing.references[0].seeds == 0 and math.isnan(missing.references[0].share_above)
+    assert [t.reward for t in s.top] == pytest.approx(sorted(means, reverse=True)[:5])
+    # the command prints the same and writes the files; a bad path is one clear error
+    out = subprocess.run([sys.executable, "-m", "searchlab.cli", "table", "describe",
+                          f"table={mini[1]}", f"out={tmp_path / 'space'}", "top=5"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "| 5 |" in out.stdout and (tmp_path / "space" / "reward_histogram.png").stat().st_size
+    assert (tmp_path / "space" / "space.md").read_text() in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "searchlab.cli", "table", "describe",
+                          f"table={tmp_path / 'nope.json.gz'}"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "nope.json.gz" in bad.stderr

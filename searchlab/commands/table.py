@@ -5,6 +5,7 @@
     searchlab table build limit=500                   # at most 500 evaluations this time
     searchlab table status                            # how far the build in runs/table is
     searchlab table export                            # write searchlab/tabular/data/<name>.json.gz
+    searchlab table describe out=runs/table-space     # reward histogram, share above Adam, top 20
 
 A build takes hours on 2 cores (every function of the space on 2 seeds, the best 5 % on
 a third); it journals every evaluation and continues where it stopped (README, "The
@@ -35,8 +36,9 @@ class TableOptions(BaseModel):
     workers: int = Field(2, ge=1, description="build: evaluation processes")
     limit: int | None = Field(None, ge=1, description="build: at most this many evaluations this call")
     retry_failed: bool = Field(False, description="build: evaluate timed-out or failed records again")
-    out: str | None = Field(None, description="export: the table file (default: the shipped table)")
-    table: str = Field("mnist1d-tabular", description="info: a table name or .json.gz path")
+    out: str | None = Field(None, description="export: the table file (default: the shipped table); describe: a folder for space.md and the histogram")
+    table: str = Field("mnist1d-tabular", description="info, describe: a table name or .json.gz path")
+    top: int = Field(20, ge=1, description="describe: how many best rules to list")
     quiet: bool = Field(False, description="no progress bars")
 
 
@@ -47,8 +49,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                                    "'tabular' space evaluated on mnist1d at the comparison "
                                    "fidelity), export it, or inspect a table file.",
                        examples=["searchlab table info", "searchlab table build workers=2",
-                                 "searchlab table status", "searchlab table export"])
-    p.add_argument("action", choices=["info", "build", "status", "export"])
+                                 "searchlab table status", "searchlab table export",
+                                 "searchlab table describe out=runs/table-space"])
+    p.add_argument("action", choices=["info", "build", "status", "export", "describe"])
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dir=, workers=, limit=, out=")
     return p
 
@@ -72,14 +75,39 @@ def _info(table: str) -> int:
     return 0
 
 
+
+def _describe(table: str, out: str | None, top: int) -> int:
+    from pathlib import Path
+
+    from ..tabular.summary import plot_histogram, summarize_table, summary_markdown
+    from ..tabular.table import Table, TableError
+
+    try:
+        t = Table.load(table)
+    except TableError as e:
+        return fail("table", str(e))
+    summary = summarize_table(t, top=top)
+    text = summary_markdown(summary)
+    print(text, end="")
+    if out is not None:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "space.md").write_text(text)
+        png = plot_histogram(summary, folder / "reward_histogram.png")
+        print(f"wrote {folder / 'space.md'} and {png}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    action: Literal["info", "build", "status", "export"] = args.action
+    action: Literal["info", "build", "status", "export", "describe"] = args.action
     try:
         opts = parse_model(TableOptions, args.overrides)
     except ConfigError as e:
         return fail("table", str(e))
     if action == "info":
         return _info(opts.table)
+    if action == "describe":
+        return _describe(opts.table, opts.out, opts.top)
     from ..tabular import build as b
 
     try:
