@@ -47,7 +47,10 @@ class Rule:
     def to_tokens(self) -> tuple[str, ...]:
         """Token sequence of this rule; raises ``TokenGrammarError`` (a ``ValueError``)
         when the rule is outside the token grammar."""
-        return node_to_tokens(self.node)
+        toks = self.__dict__.get("_tokens")
+        if toks is None:        # computed once (a search on a table asks ~3x per sample);
+            toks = self.__dict__["_tokens"] = node_to_tokens(self.node)  # errors: not kept
+        return toks
 
     # --- views ---------------------------------------------------------------------
     @cached_property
