@@ -24,7 +24,7 @@ from searchlab.rescore import fresh_seeds
 from searchlab.tabular import OutsideTableError, Table, TableError, TableEvaluator
 from searchlab.tabular.build import BuildSpec, build, export_table
 from searchlab.tabular.functions import enumerate_strings
-from searchlab.tabular.table import Record, Row
+from searchlab.tabular.table import DEFAULT_TABLE, TABLE_DIR, Record, Row
 
 SPEC = BuildSpec(space="tabular-mini", task="ensemble", fidelity="smoke", name="mini")
 
@@ -329,3 +329,41 @@ def test_describe_matches_a_direct_reading_of_the_file(mini: tuple[Path, Path],
     bad = subprocess.run([sys.executable, "-m", "searchlab.cli", "table", "describe",
                           f"table={tmp_path / 'nope.json.gz'}"], capture_output=True, text=True)
     assert bad.returncode != 0 and "nope.json.gz" in bad.stderr
+
+
+
+def check_against_fresh_evaluations(path: Path, n_ok: int = 3, n_diverged: int = 1) -> int:
+    """Re-train a random sample of a table's measured rows (seed 0 records) with a fresh
+    evaluator of the table's task and fidelity; every field the table keeps must match.
+    Returns the number of rows checked."""
+    import random
+
+    from searchlab.evaluation import Evaluator
+
+    table = Table.load(path)                       # the checksum is verified here
+    rng = random.Random(0)
+    measured = [r for r in table.rows if r.records and r.records[0].seed == 0]
+    ok = [r for r in measured if r.records[0].status == "ok"]
+    bad = [r for r in measured if r.records[0].status != "ok"]
+    sample = rng.sample(ok, min(n_ok, len(ok))) + rng.sample(bad, min(n_diverged, len(bad)))
+    assert sample, f"{path}: no measured rows"
+    fresh = Evaluator(table.meta["task"], table.meta["fidelity"])
+    for row in sample:
+        rec = row.records[0]
+        want = fresh.evaluate(row.rule, rec.seed, test=True, use_cache=False)
+        where = f"{row.rule!r} seed {rec.seed}"
+        assert want.status == rec.status, where
+        assert rec.reward == pytest.approx(want.reward, abs=1e-9), where
+        if want.ok:        # a diverged record keeps no lr (failures.jsonl has none)
+            assert rec.best_lr == want.best_lr, where
+            assert rec.test == pytest.approx(want.extra["test_reward"], abs=1e-9), where
+    return len(sample)
+
+
+_SHIPPED = TABLE_DIR / f"{DEFAULT_TABLE}.json.gz"
+
+
+@pytest.mark.skipif(not _SHIPPED.is_file(), reason="the mnist1d table is not shipped yet "
+                    "(being built: BENCHMARKS.md, 'The tabular benchmark')")
+def test_the_shipped_tables_lookups_equal_fresh_mnist1d_evaluations() -> None:
+    assert check_against_fresh_evaluations(_SHIPPED) == 4
