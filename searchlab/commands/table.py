@@ -75,7 +75,6 @@ def _info(table: str) -> int:
     return 0
 
 
-
 def _describe(table: str, out: str | None, top: int) -> int:
     from pathlib import Path
 
