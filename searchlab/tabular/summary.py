@@ -71,23 +71,11 @@ class SpaceSummary:
     top: tuple[TopRule, ...]
 
 
-def _mean(xs: Sequence[float]) -> float:
-    return float(np.mean(xs)) if len(xs) else math.nan
-
-
-def _row_reward(row: Row) -> float:
-    return _mean([r.reward for r in row.records])
-
-
-def _row_test(row: Row) -> float:
-    return _mean([r.test for r in row.records if r.test is not None])
-
-
 def summarize_table(table: Table, references: Mapping[str, str] = REFERENCES,
                     top: int = 20) -> SpaceSummary:
     """The summary of ``table`` (see the module docstring)."""
     measured = [r for r in table.rows if r.records]
-    rewards = np.array([_row_reward(r) for r in measured], dtype=float)
+    rewards = np.array([r.mean_reward for r in measured], dtype=float)
     seeds: dict[int, int] = {}
     statuses: dict[str, int] = {}
     for row in measured:
@@ -104,16 +92,16 @@ def summarize_table(table: Table, references: Mapping[str, str] = REFERENCES,
         if not isinstance(row, Row):        # outside, or an invalid rule of the space
             refs.append(Reference(name, text, 0, math.nan, math.nan, math.nan, False))
             continue
-        value = _row_reward(row)
+        value = row.mean_reward
         share = float(np.mean(rewards > value)) if row.records and rewards.size else math.nan
-        refs.append(Reference(name, text, len(row.records), value, _row_test(row), share,
+        refs.append(Reference(name, text, len(row.records), value, row.mean_test, share,
                               id(row) in row_ids))
     order = sorted(range(len(measured)), key=lambda i: (-rewards[i], measured[i].rule))[:top]
     best = tuple(
         TopRule(k, measured[i].rule, len(measured[i].records), float(rewards[i]),
                 float(np.std([r.reward for r in measured[i].records], ddof=1))
                 if len(measured[i].records) > 1 else math.nan,
-                _row_test(measured[i]), measured[i].records[0].best_lr)
+                measured[i].mean_test, measured[i].records[0].best_lr)
         for k, i in enumerate(order, 1))
     return SpaceSummary(table.name, table.complete, len(table.rows), len(measured),
                         dict(sorted(seeds.items())), dict(sorted(statuses.items())), rewards,
