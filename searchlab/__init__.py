@@ -1,5 +1,9 @@
 """searchlab: Neural Optimizer Search as a lab for comparing search strategies."""
 
+from . import kernels as _kernels
+
+_kernels.pin()  # before torch's first op: the same CPU kernels, so the same rewards, on every x86-64 machine
+
 __version__ = "0.1.0"
 
 #: the Gymnasium id of the search environment (registered by ``import searchlab``)

@@ -51,6 +51,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .. import kernels
 from ..allocator import tune_malloc
 from ..cache import RewardCache
 from ..dsl import Rule, as_rule
@@ -131,6 +132,7 @@ class Evaluator:
         self.trainings = 0
         tune_malloc()
         self._set_threads()
+        kernels.check()
 
     def _set_threads(self) -> None:
         n = self.task_threads

@@ -1,0 +1,80 @@
+"""searchlab.kernels: ``import searchlab`` pins torch's CPU kernels to AVX2 on x86-64 Linux,
+so the same rule and seed give the same reward on machines with and without AVX-512.
+
+Each case runs in a fresh interpreter: torch fixes its kernels at the first op of a
+process, and this test process has long made that choice."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from searchlab import kernels
+
+pytestmark = pytest.mark.skipif(not kernels._can_pin(), reason="pins only on x86-64 Linux with AVX2")
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in (kernels.ENV, kernels.OPT_OUT)}
+    return subprocess.run([sys.executable, "-c", code], env={**base, **env}, text=True,
+                          capture_output=True, timeout=120)
+
+
+def _out(code: str, **env: str) -> str:
+    r = _run(code, **env)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+CAPABILITY = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+
+
+def test_import_pins_avx2_for_this_process_and_its_children() -> None:
+    out = _out("import searchlab, torch, subprocess, sys\n"
+               "print(torch.backends.cpu.get_cpu_capability())\n"
+               f"subprocess.run([sys.executable, '-c', {CAPABILITY!r}])")
+    assert out.split() == ["AVX2", "AVX2"]
+
+
+def test_the_users_choice_wins() -> None:
+    native = _out(CAPABILITY)                      # torch alone: its own choice
+    assert _out("import searchlab; " + CAPABILITY, ATEN_CPU_CAPABILITY="default") == "DEFAULT"
+    assert _out("import searchlab; " + CAPABILITY, SEARCHLAB_CPU_KERNELS="native") == native
+
+
+def test_process_pool_workers_run_the_pinned_kernels() -> None:
+    code = ("import searchlab\n"
+            "from searchlab.executors import make_executor\n"
+            "from searchlab.kernels import current\n"
+            "def f(i): return current()\n"
+            "if __name__ == '__main__':\n"
+            "    with make_executor('process', workers=2) as ex:\n"
+            "        print(' '.join(ex.map(f, range(4))), current())\n")
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"searchlab_kernels_{os.getpid()}.py")
+    with open(path, "w") as fh:
+        fh.write(code)
+    try:
+        assert _out(f"import runpy; runpy.run_path({path!r}, run_name='__main__')").split() == ["AVX2"] * 5
+    finally:
+        os.unlink(path)
+
+
+def test_a_torch_op_before_the_import_is_reported_when_it_changed_the_kernels() -> None:
+    """Too late to pin: the Evaluator warns, unless torch's own choice is AVX2 anyway."""
+    native = _out(CAPABILITY)
+    r = _run("import warnings, torch\n"
+             "torch.ones(2) + 1\n"
+             "import searchlab\n"
+             "from searchlab.evaluation import Evaluator\n"
+             "with warnings.catch_warnings(record=True) as w:\n"
+             "    warnings.simplefilter('always')\n"
+             "    Evaluator('rosenbrock', 'smoke')\n"
+             "print([str(x.message) for x in w if 'CPU kernels' in str(x.message)])")
+    assert r.returncode == 0, r.stderr
+    if native == "AVX2":
+        assert r.stdout.strip() == "[]"
+    else:
+        assert f"torch runs {native} CPU kernels" in r.stdout and "not the AVX2" in r.stdout
