@@ -23,7 +23,8 @@ from searchlab.evaluation.protocol import CopyTrainer, Seeds, _prepare_all, _ran
 from searchlab.optim import compile_rule
 
 M1D = {"num_samples": 1200}   # 800 train / 200 validation / 200 test signals
-NEW_FIELDS = {"bn_examples": 0, "final_lrs": 1, "select_epochs": 0, "final_copies": 1}
+NEW_FIELDS = {"bn_examples": 0, "final_lrs": 1, "select_epochs": 0, "final_copies": 1,
+              "average_steps": 0}
 
 
 @pytest.fixture(autouse=True)
@@ -153,6 +154,107 @@ def test_multi_copy_reward_is_the_mean_of_copies_trained_one_at_a_time() -> None
     assert r.reward == pytest.approx(sum(accs) / 3, abs=1e-12) == r.val_acc
     assert r.extra["test_reward"] == pytest.approx(sum(tests) / 3, abs=1e-12)
     assert Seeds.of(1, 0) == Seeds.of(1) and Seeds.of(1, 1) != Seeds.of(1, 2)
+
+
+# --- tail-averaged weights (average_steps) -------------------------------------------------------
+def _recording(tr: CopyTrainer) -> list[list[torch.Tensor]]:
+    """Record every copy's weights after each training step (the test's own record,
+    independent of CopyTrainer's averaging)."""
+    seen: list[list[torch.Tensor]] = []
+    step = tr._step
+
+    def wrapped(xb: torch.Tensor, yb: torch.Tensor) -> None:
+        step(xb, yb)
+        seen.append([p.detach().clone() for p in tr.model.params])
+
+    tr._step = wrapped  # type: ignore[method-assign]
+    return seen
+
+
+def _score_mean_of(tr: CopyTrainer, iterates: list[list[torch.Tensor]], x: torch.Tensor,
+                   xv: torch.Tensor, yv: torch.Tensor, n_bn: int) -> tuple[list[float], list[float]]:
+    """Load the mean of ``iterates`` into ``tr``, recompute BN statistics, validate."""
+    with torch.no_grad():
+        for i, p in enumerate(tr.model.params):
+            p.copy_(torch.stack([it[i] for it in iterates]).sum(0) / len(iterates))
+    tr.refresh_bn(_prepare_all(tr.task, x[:n_bn]))
+    return tr.validate(xv, yv)
+
+
+def test_average_steps_scores_the_mean_of_the_last_iterates() -> None:
+    """One final lr, the sweep run continued: the reward is the validation accuracy of the
+    mean of the final run's last 5 iterates (not of the last iterate), with BN statistics
+    recomputed for it; test accuracy comes from the same averaged weights."""
+    ev = ev_of("smoke+bn_examples=200,average_steps=5")
+    fid = ev.fidelity
+    rule = "sign(m)"
+    r = ev.evaluate(rule, seed=3, use_cache=False, test=True)
+    assert r.status == "ok" and r.extra["continued"] and r.extra["averaged_steps"] == 5
+    x, y, xv, yv = _data(ev, fid)
+    bs = fid.batch_size
+    tr = CopyTrainer(ev.task, compile_rule(parse(rule)), list(fid.lrs), Seeds.of(3),
+                     (len(y) // bs) * fid.sweep_epochs)
+    tr.train_epochs(x, y, fid.sweep_epochs, bs, None)
+    best = fid.lrs.index(r.best_lr)
+    tr.keep([tr.alive.index(best)])
+    tr.total_steps = (len(y) // bs) * fid.final_epochs
+    seen = _recording(tr)
+    tr.train_epochs(x, y, fid.final_epochs - fid.sweep_epochs, bs, None)
+    tr.refresh_bn(_prepare_all(ev.task, x[:200]))
+    last = tr.validate(xv, yv)[0][0]
+    a, _ = _score_mean_of(tr, seen[-5:], x, xv, yv, 200)
+    s = ev.task.load()
+    assert r.extra["last_iterate_val"] == last
+    assert r.reward == pytest.approx(a[0], abs=1e-12) and r.reward != last
+    assert r.extra["test_reward"] == pytest.approx(
+        tr.validate(_prepare_all(ev.task, s.test_x), s.test_y)[0][0], abs=1e-12)
+    assert r.curve[-1] == last                       # the curve stays the iterates'
+
+
+def test_average_steps_judges_the_final_lrs_by_their_averaged_weights() -> None:
+    """final_lrs=2, select_epochs=1, average_steps=3: each lr of the pair is judged by the
+    mean of its last 3 iterates before the selection; training goes on from the chosen
+    lr's iterate (not its average); the reward averages the last 3 iterates of the run."""
+    ev = ev_of("smoke+bn_examples=200,final_lrs=2,select_epochs=1,average_steps=3",
+               batched=False)
+    fid = ev.fidelity
+    rule = "(1+sign(g)*sign(m))*g"
+    r = ev.evaluate(rule, seed=4, use_cache=False)
+    assert r.status == "ok"
+    lrs = r.extra["final_lrs"]
+    x, y, xv, yv = _data(ev, fid)
+    bs = fid.batch_size
+    steps = len(y) // bs
+    pair = CopyTrainer(ev.task, compile_rule(parse(rule)), lrs, Seeds.of(4), steps * fid.final_epochs)
+    seen = _recording(pair)
+    pair.train_epochs(x, y, 1, bs, None)
+    iterate = [p.detach().clone() for p in pair.model.params]
+    a, l = _score_mean_of(pair, seen[-3:], x, xv, yv, 200)
+    assert r.extra["final_scores"] == [[lrs[k], a[k]] for k in range(2)]
+    row = min(range(2), key=lambda k: (-a[k], l[k], lrs[k]))
+    assert r.best_lr == lrs[row]
+    with torch.no_grad():
+        for p, q in zip(pair.model.params, iterate):
+            p.copy_(q)
+    pair.keep([row])
+    seen.clear()
+    pair.train_epochs(x, y, fid.final_epochs - 1, bs, None)
+    assert r.reward == pytest.approx(_score_mean_of(pair, seen[-3:], x, xv, yv, 200)[0][0], abs=1e-12)
+
+
+def test_average_steps_needs_recomputed_bn_statistics_and_no_population() -> None:
+    with pytest.raises(ValueError, match="bn_examples"):
+        get_fidelity("fast+average_steps=40")
+    with pytest.raises(ValueError, match="average_steps must be >= 0"):
+        get_fidelity("compare+average_steps=-1")
+    assert get_fidelity("compare+average_steps=40").key == "compare+average_steps=40"
+    ev = ev_of("smoke+bn_examples=200,average_steps=5", population=2)
+    assert ev.max_batch == 1 and ev_of("smoke+bn_examples=200", population=2).max_batch == 2
+    many = ev.evaluate_many(["m", "adam"], seed=0, use_cache=False)
+    assert [o.reward for o in many] == [ev.evaluate(t, 0, use_cache=False).reward for t in ("m", "adam")]
+    from searchlab.evaluation.population import run_population
+    with pytest.raises(ValueError, match="average_steps"):
+        run_population(ev.task, ev.task.load(), [], ev.fidelity, 0, None)
 
 
 # --- recomputed batch-norm statistics ----------------------------------------------------------

@@ -47,6 +47,14 @@ seeds of its own, and reports the mean of their accuracies: ``compare+final_copi
 reaches a standard deviation over seeds of 0.010 (median over 8 rules) at ~3.5x the CPU
 time of ``fast``; ``compare`` itself costs ~1.7x with 0.015.
 
+``average_steps`` (0 here; BENCHMARKS.md, "Reward noise") scores the mean of the weights
+over the final run's last ``average_steps`` steps (Polyak-Ruppert tail averaging) instead
+of the last iterate, with batch-norm statistics recomputed for the averaged weights (so it
+needs ``bn_examples``). A selection among ``final_lrs`` judges each lr the same way, by
+the mean of its last ``average_steps`` iterates before the selection; training goes on
+from the chosen lr's iterate, so training itself is unchanged. Population training does
+not do it (``Evaluator.max_batch`` is then 1).
+
 Problem tasks (``rosenbrock``, ``ensemble``) run ``problem_steps`` steps per lr (paper
 6.1 ran Rosenbrock for 4,000 iterations) and use only ``lrs`` and ``problem_steps``
 (``compare`` scores them exactly as ``fast`` does).
@@ -92,6 +100,8 @@ class Fidelity:
     select_epochs: int = 0                      # final epochs after which the best of them is
                                                 # kept (0: at the end of the final run)
     final_copies: int = 1                       # final runs (seeded copies) averaged for the reward
+    average_steps: int = 0                      # score the mean of the weights over the final
+                                                # run's last N steps (0: the last iterate)
     time_limit: float | None = None             # seconds per evaluation (None: no limit)
     base: str = ""                              # registered fidelity this derives from
     doc: str = field(default="", compare=False)
@@ -119,6 +129,12 @@ class Fidelity:
             set_("bn_examples", int(self.bn_examples))
             if self.bn_examples < 0:
                 raise ValueError(f"bn_examples must be >= 0 or None, got {self.bn_examples}")
+        set_("average_steps", int(self.average_steps))
+        if self.average_steps < 0:
+            raise ValueError(f"average_steps must be >= 0, got {self.average_steps}")
+        if self.average_steps and self.bn_examples == 0:
+            raise ValueError("average_steps needs recomputed batch-norm statistics for the "
+                             "averaged weights: set bn_examples > 0 (or None) too")
         set_("select_epochs", int(self.select_epochs))
         if not 0 <= self.select_epochs <= self.final_epochs:
             raise ValueError(f"select_epochs must be in 0..final_epochs ({self.final_epochs}), "

@@ -263,6 +263,9 @@ def run_population(task: ClassificationTask, splits: Splits, compiled: Sequence[
                    test: bool = False) -> list[Outcome]:
     """:func:`~searchlab.evaluation.protocol.run_classification` (its batched sweep) for
     every rule of ``compiled`` at once; one outcome per rule, in order."""
+    if fid.average_steps:
+        raise ValueError(f"fidelity {fid.key}: average_steps is not supported by population "
+                         "training; evaluate these rules one at a time (population=1)")
     n_sweep, n_final, n_val = _sizes(fid, splits)
     bs = fid.batch_size
     if min(n_sweep, n_final) < bs:

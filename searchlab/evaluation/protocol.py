@@ -45,8 +45,9 @@ from __future__ import annotations
 import math
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -228,6 +229,9 @@ class CopyTrainer(CopyView):
         self.workspace = _workspace()  # the rule's scratch buffers, reused across steps
         self.batch_size = 100          # chunk floor of refresh_bn (set by train_epochs)
         self._bn_momenta: list[float | None] | None = None
+        self.average_from: int | None = None   # sum the weights after steps > this one
+        self._avg: list[Tensor] | None = None
+        self.averaged = 0                       # iterates in _avg
 
     def _refresh_lrs(self) -> None:
         lr = torch.tensor([self.lrs[i] for i in self.alive], dtype=torch.float32)
@@ -244,8 +248,40 @@ class CopyTrainer(CopyView):
         self.state = {name: [t[idx] if t.dim() > 0 and t.shape[0] == k else t for t in ts]
                       for name, ts in self.state.items()}
         self.alive = [self.alive[r] for r in rows]
+        if self._avg is not None:
+            self._avg = [a[idx] for a in self._avg]
         self._refresh_lrs()
         self.workspace = _workspace()  # shapes changed
+
+    def average_over(self, from_step: int) -> None:
+        """Start a new tail average: the iterates after step ``from_step`` are summed."""
+        self.average_from, self._avg, self.averaged = from_step, None, 0
+
+    def use_average(self) -> int:
+        """Replace every surviving copy's weights by their mean over the iterates summed
+        since :attr:`average_from` (Polyak-Ruppert tail averaging); returns how many.  The
+        batch-norm buffers are left as they are: refresh them for the new weights."""
+        n = self.averaged
+        if n and self._avg is not None and self.alive:
+            with torch.no_grad():
+                for p, a in zip(self.model.params, self._avg):
+                    p.copy_(a / n)
+        self._avg, self.averaged = None, 0
+        return n
+
+    @contextmanager
+    def averaged_weights(self) -> Iterator[int]:
+        """Inside: the tail-averaged weights (as :meth:`use_average`); after: the iterates
+        again, so that training goes on from where it was.  Yields how many were averaged."""
+        saved = [p.detach().clone() for p in self.model.params]
+        avg, n = self._avg, self.averaged
+        try:
+            yield self.use_average()
+        finally:
+            with torch.no_grad():
+                for p, q in zip(self.model.params, saved):
+                    p.copy_(q)
+            self._avg, self.averaged = avg, n
 
     def train_epochs(self, x: Tensor, y: Tensor, epochs: int, batch_size: int,
                      deadline: float | None, after_epoch: Any = None) -> None:
@@ -293,6 +329,13 @@ class CopyTrainer(CopyView):
                 torch._foreach_mul_(u, self._lr_views)
                 torch._foreach_sub_(params, u)
         self.step += 1
+        if self.average_from is not None and self.step > self.average_from:
+            with torch.no_grad():
+                if self._avg is None:
+                    self._avg = [p.detach().clone() for p in params]
+                else:
+                    torch._foreach_add_(self._avg, [p.detach() for p in params])
+            self.averaged += 1
 
 def run_epochs(task: ClassificationTask, x: Tensor, y: Tensor, epochs: int, batch_size: int,
                order_gen: torch.Generator, step: Any, alive: Any, after_epoch: Any = None) -> None:
@@ -352,7 +395,8 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
     after ``select_epochs`` final epochs (0: at its end); ``final_copies > 1`` trains that
     many final runs at the chosen lr, copy ``j`` with the seeds ``Seeds.of(seed, j)``,
     and the reward is the mean of their validation accuracies (a copy that diverged
-    counts ``0``)."""
+    counts ``0``); ``average_steps`` scores (and selects by) the mean of the last
+    ``average_steps`` iterates instead of the last one (:meth:`CopyTrainer.averaged_weights`)."""
     n_sweep, n_final, n_val = _sizes(fid, splits)
     bs = fid.batch_size
     if min(n_sweep, n_final) < bs:
@@ -436,6 +480,8 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
         final_curves = {lrs[i]: [] for i in tops}
         epochs_left = fid.final_epochs
     trainers.clear()
+    avg = fid.average_steps
+    sel_step = (n_final // bs) * fid.select_epochs     # tr.step at a mid-run selection
     last: list[tuple[list[float], list[float]]] = []
     if len(tops) > 1:
         extra["final_lrs"] = [lrs[i] for i in tops]
@@ -454,11 +500,20 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
             for row, copy in enumerate(tr.alive):
                 final_curves[tr.lrs[copy]].append(a[row])
             last[:] = [(a, l)]
-            if len(tr.alive) > 1 and done + epoch + 1 == fid.select_epochs:
-                select(a, l)
+            if done + epoch + 1 == fid.select_epochs:
+                if len(tr.alive) > 1:
+                    if avg:        # each lr judged by its tail-averaged weights
+                        with tr.averaged_weights():
+                            a, l = validate(tr, bn_final)
+                    select(a, l)
+                if avg:
+                    tr.average_over(final_total - avg)
 
     if len(tr.alive) > 1 and 0 < fid.select_epochs <= done:   # chosen by the sweep's scores
         select([acc[i] for i in tops], [loss[i] for i in tops])
+    if avg:     # tail averages for the mid-run selection (if any), then for the reward
+        selecting = len(tr.alive) > 1 and fid.select_epochs > done
+        tr.average_over((sel_step if selecting else final_total) - avg)
     tr.train_epochs(x_final, y_final, epochs_left, bs, deadline, after_final)
     extra["continued"] = can_continue
     extra["steps"] = tr.step
@@ -470,8 +525,14 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
                                f"{max(tr.diverged.values(), default=tr.step)}", extra=extra)
     if epochs_left == 0 or not last or len(last[0][0]) != len(tr.alive):
         last[:] = [validate(tr, bn_final)]
+    if avg:                        # score the tail-averaged weights (training is done)
+        last_iterate = dict(zip(tr.alive, last[0][0]))
+        extra["averaged_steps"] = tr.use_average()
+        last[:] = [validate(tr, bn_final)]
     if len(tr.alive) > 1:
         select(*last[0])
+    if avg:
+        extra["last_iterate_val"] = last_iterate[tr.alive[0]]
     chosen_lr = tr.lrs[tr.alive[0]]
     curve = final_curves[chosen_lr]
     val_acc, val_loss = last[0][0][0], last[0][1][0]
@@ -490,7 +551,11 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
         accs, losses = [val_acc], [val_loss]
         for j in range(1, fid.final_copies):
             trj = CopyTrainer(task, compiled, [chosen_lr], Seeds.of(seed, j), final_total)
+            if avg:
+                trj.average_over(final_total - avg)
             trj.train_epochs(x_final, y_final, fid.final_epochs, bs, deadline)
+            if trj.alive:
+                trj.use_average()
             a, l = validate(trj, bn_final) if trj.alive else ([], [])
             if not a or not math.isfinite(l[0]):
                 accs.append(0.0)      # a copy that diverged: FLOOR_REWARD
