@@ -27,6 +27,7 @@ import numpy as np
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from . import kernels
 from .config import Config, ConfigError, flatten, load_config, strategy_choices
 from .tracking import Tracker
 
@@ -363,7 +364,8 @@ def run_one_search(cfg: Config, *, label: str | None = None, out: str | os.PathL
     _warn_if_all_errored(label, result.results)
     summary = {**result.summary(), "label": label, "task": cfg.task.name,
                "fidelity": evaluator.protocol, "space": cfg.space_name,
-               "experiment": experiment, "config": cfg.model_dump(mode="json")}
+               "experiment": experiment, "cpu_kernels": kernels.current(),
+               "config": cfg.model_dump(mode="json")}
     if rescored:
         top = rescored[0]
         summary.update({"rescored_rule": top.rule, "rescored_val_mean": top.val_mean,

@@ -6,7 +6,8 @@ Layout::
     experiment  (one per search or comparison)
     └── parent run  <strategy>-<task>-<fidelity>-s<seed>
           params   the flattened config (strategy.name, budget, ...)
-          tags     strategy, task, fidelity, seed, searchlab.version, searchlab.git_commit
+          tags     strategy, task, fidelity, seed, searchlab.version, searchlab.git_commit,
+                   searchlab.cpu_kernels (torch's CPU kernels: searchlab.kernels)
           metrics  search/reward, search/best_reward (step = sample index),
                    summary numbers at the end (search/unique, time/search_s, ...)
           artifacts results.csv, results.json, best_rules.md, best_rules.json
@@ -62,6 +63,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
+from . import kernels
 from .result import to_jsonable
 from .tracking import TRACKERS, Tracker
 
@@ -536,6 +538,7 @@ class MlflowTracker(Tracker):
         exp_id = self.ensure_experiment()
         all_tags = {str(k): _clip(v, _TAG_LEN) for k, v in tags.items()}
         all_tags.setdefault("searchlab.version", __version__)
+        all_tags.setdefault("searchlab.cpu_kernels", kernels.current())
         commit = git_commit()
         if commit:
             all_tags.setdefault("searchlab.git_commit", commit)

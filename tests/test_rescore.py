@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -92,6 +93,7 @@ def test_search_files_and_summary_carry_the_rescored_incumbent(tmp_path):
     assert len(rows) == 2 and summary["rescored_rule"] == rows[0]["rule"]
     assert summary["rescored_rule"] == result.best[0].rule
     assert summary["rescored_test_mean"] == pytest.approx(rows[0]["test_mean"])
+    assert summary["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()   # provenance
 
 
 def test_rescore_zero_writes_nothing(tmp_path):

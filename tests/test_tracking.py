@@ -14,6 +14,7 @@ import time
 import warnings
 
 import pytest
+import torch
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -71,6 +72,7 @@ def test_search_logs_parent_and_one_child_per_sample(store, background, bulk):
     assert parent.info.status == "FINISHED" and parent.info.run_name == "random-toy-s1"
     assert tags["strategy"] == "random" and tags["seed"] == "1" and tags["task"] == "toy"
     assert tags["searchlab.version"]
+    assert tags["searchlab.cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
     if mt.git_commit():
         assert tags["searchlab.git_commit"] == mt.git_commit()
     assert params["task.name"] == "toy" and params["budget"] == str(budget)
