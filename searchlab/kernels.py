@@ -11,18 +11,23 @@ reward cache, the tabular benchmark's "lookups equal fresh evaluations" guarante
 every number published from another machine.
 
 So ``import searchlab`` sets ``ATEN_CPU_CAPABILITY=avx2`` on x86-64 Linux machines with
-AVX2 and FMA, before torch runs its first op. Every x86-64 machine with AVX2 then runs the
-same kernels, and worker processes inherit the setting. The user keeps control: an
-``ATEN_CPU_CAPABILITY`` already in the environment is left alone, and
-``SEARCHLAB_CPU_KERNELS=native`` turns the pin off (torch's own choice; the rewards
-are then those of this machine's kernels). Other machines (aarch64, macOS, Windows) are
-left as they are. Matrix products go through MKL, which already takes the same code path
-on these machines: with only the ATen kernels pinned, the AVX-512 machine reproduced the
-AVX2 machines' rewards exactly (``tests/test_kernels.py``; BENCHMARKS.md, "Reward noise").
+AVX2 and FMA, before torch runs its first op, and caps MKL and oneDNN at AVX2 too
+(``MKL_ENABLE_INSTRUCTIONS=AVX2``, ``ONEDNN_MAX_CPU_ISA=AVX2``: on an Intel CPU with
+AVX-512 they would otherwise pick their AVX-512 code). Worker processes inherit the
+settings. Each variable the user has set is left alone, and ``SEARCHLAB_CPU_KERNELS=native``
+sets none of them (torch's own choice; the rewards are then those of this machine's
+kernels, and a reward cache shared with pinned runs mixes the two: give such runs a cache
+of their own). Other machines (aarch64, macOS, Windows) are left as they are.
+
+What was measured (BENCHMARKS.md, "The machine's CPU kernels"): on an AMD EPYC with
+AVX-512, pinning the ATen kernels alone reproduced the rewards recorded on AVX2-only AMD
+EPYC machines exactly (table rows, the verdict's cache, the noise tables), and the MKL and
+oneDNN caps changed none of the rewards checked there. Machines of other vendors or
+generations may still round differently inside MKL: that was not measured.
 
 The choice is fixed by torch's first op: if a program runs torch ops before it imports
 searchlab, the pin comes too late for that process. :func:`check` (called by every
-``Evaluator``) then warns once.
+``Evaluator``, also in worker processes) then warns once.
 """
 
 from __future__ import annotations
@@ -32,14 +37,16 @@ import platform
 import sys
 import warnings
 
-__all__ = ["PINNED", "ENV", "OPT_OUT", "pin", "wanted", "current", "check"]
+__all__ = ["PINNED", "ENV", "OPT_OUT", "can_pin", "pin", "wanted", "current", "check"]
 
 #: the kernels searchlab pins (the value of ATEN_CPU_CAPABILITY)
 PINNED = "avx2"
 ENV = "ATEN_CPU_CAPABILITY"
 OPT_OUT = "SEARCHLAB_CPU_KERNELS"      # "native": torch's own choice
+#: the same cap for the libraries torch calls (matrix products, convolutions)
+LIBRARY_CAPS = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
-_state = {"pinned_here": False, "warned": False}
+_warned: list[bool] = []
 
 
 def _cpu_flags() -> set[str]:
@@ -53,20 +60,23 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def _can_pin() -> bool:
-    return (sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
+def can_pin() -> bool:
+    """Whether this machine can run the pinned kernels (x86-64 Linux with AVX2 and FMA)."""
+    return (sys.platform.startswith("linux") and platform.machine() == "x86_64"
             and {"avx2", "fma"} <= _cpu_flags())
 
 
 def pin() -> bool:
-    """Set ``ATEN_CPU_CAPABILITY=avx2`` for this process and its children, unless the
-    user chose otherwise or the machine cannot run AVX2. Returns whether it was set here."""
-    if ENV in os.environ or os.environ.get(OPT_OUT, "").lower() == "native":
+    """Set ``ATEN_CPU_CAPABILITY=avx2`` (and the MKL/oneDNN caps) for this process and its
+    children, each unless the user set it, and none with ``SEARCHLAB_CPU_KERNELS=native``
+    or on a machine that cannot run AVX2. Returns whether the ATen pin was set here."""
+    if os.environ.get(OPT_OUT, "").lower() == "native" or not can_pin():
         return False
-    if not _can_pin():
+    for name, value in LIBRARY_CAPS.items():
+        os.environ.setdefault(name, value)
+    if ENV in os.environ:
         return False
     os.environ[ENV] = PINNED
-    _state["pinned_here"] = True
     return True
 
 
@@ -89,13 +99,13 @@ def check() -> str:
     before ``import searchlab`` set the pin)."""
     now = current()
     want = wanted()
-    if want is not None and want != now and not _state["warned"]:
-        _state["warned"] = True
+    if want is not None and want != now and not _warned:
+        _warned.append(True)
         warnings.warn(
             f"torch runs {now} CPU kernels in this process, not the {want} that "
-            f"{ENV}={os.environ.get(ENV)} asks for: torch chose them at an op that ran before "
-            "searchlab was imported. Rewards here can differ in rounding from worker "
-            "processes, the reward cache and other machines (searchlab.kernels). Import "
-            "searchlab before running torch ops, or set the variable before starting Python.",
-            RuntimeWarning, stacklevel=3)
+            f"{ENV}={os.environ.get(ENV)} asks for: either a torch op ran before searchlab "
+            "set the variable (import searchlab first, or set it before starting Python), "
+            "or this CPU or torch build cannot run them. Rewards here can differ in "
+            "rounding from other processes, the reward cache and other machines "
+            "(searchlab.kernels).", RuntimeWarning, stacklevel=3)
     return now

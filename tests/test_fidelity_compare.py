@@ -242,6 +242,55 @@ def test_average_steps_judges_the_final_lrs_by_their_averaged_weights() -> None:
     assert r.reward == pytest.approx(_score_mean_of(pair, seen[-3:], x, xv, yv, 200)[0][0], abs=1e-12)
 
 
+def test_an_average_reaching_into_the_sweep_trains_a_fresh_final_run() -> None:
+    """A window longer than the final run's own steps after the sweep (12 of 16 steps, the
+    sweep being 8): the sweep run is not continued (it kept no averages), and the reward
+    is the mean of the last 12 iterates of a fresh final run."""
+    ev = ev_of("smoke+bn_examples=200,average_steps=12")
+    fid = ev.fidelity
+    rule = "m"
+    r = ev.evaluate(rule, seed=5, use_cache=False)
+    assert r.status == "ok" and r.extra["continued"] is False and r.extra["averaged_steps"] == 12
+    x, y, xv, yv = _data(ev, fid)
+    bs = fid.batch_size
+    tr = CopyTrainer(ev.task, compile_rule(parse(rule)), [r.best_lr], Seeds.of(5),
+                     (len(y) // bs) * fid.final_epochs)
+    seen = _recording(tr)
+    tr.train_epochs(x, y, fid.final_epochs, bs, None)
+    assert len(seen) == 16
+    assert r.reward == pytest.approx(_score_mean_of(tr, seen[-12:], x, xv, yv, 200)[0][0], abs=1e-12)
+
+
+def test_a_selection_at_the_end_and_the_reward_share_one_average() -> None:
+    """select_epochs == final_epochs: the pair is judged by the means of its last 5
+    iterates, and the winner's mean is the reward (the average is not restarted)."""
+    ev = ev_of("smoke+bn_examples=200,final_lrs=2,select_epochs=2,average_steps=5", batched=False)
+    fid = ev.fidelity
+    rule = "(1+sign(g)*sign(m))*g"
+    r = ev.evaluate(rule, seed=4, use_cache=False)
+    lrs = r.extra["final_lrs"]
+    x, y, xv, yv = _data(ev, fid)
+    bs = fid.batch_size
+    pair = CopyTrainer(ev.task, compile_rule(parse(rule)), lrs, Seeds.of(4),
+                       (len(y) // bs) * fid.final_epochs)
+    seen = _recording(pair)
+    pair.train_epochs(x, y, fid.final_epochs, bs, None)
+    pair.refresh_bn(_prepare_all(ev.task, x[:200]))
+    last = pair.validate(xv, yv)[0]
+    a, l = _score_mean_of(pair, seen[-5:], x, xv, yv, 200)
+    row = min(range(2), key=lambda k: (-a[k], l[k], lrs[k]))
+    assert r.best_lr == lrs[row] and r.extra["averaged_steps"] == 5
+    assert r.reward == a[row] and r.extra["last_iterate_val"] == last[row]
+
+
+def test_the_reward_window_never_reaches_back_past_a_mid_run_selection() -> None:
+    """select after epoch 1 of 2 (step 8 of 16) with average_steps=12: both windows are
+    clamped to the 8 steps on their side of the selection."""
+    ev = ev_of("smoke+bn_examples=200,final_lrs=2,select_epochs=1,average_steps=12", batched=False)
+    r = ev.evaluate("(1+sign(g)*sign(m))*g", seed=4, use_cache=False)
+    assert r.status == "ok" and len(r.extra["final_lrs"]) == 2 and r.extra["averaged_steps"] == 8
+
+
 def test_average_steps_needs_recomputed_bn_statistics_and_no_population() -> None:
     with pytest.raises(ValueError, match="bn_examples"):
         get_fidelity("fast+average_steps=40")

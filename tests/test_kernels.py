@@ -14,11 +14,12 @@ import pytest
 
 from searchlab import kernels
 
-pytestmark = pytest.mark.skipif(not kernels._can_pin(), reason="pins only on x86-64 Linux with AVX2")
+pytestmark = pytest.mark.skipif(not kernels.can_pin(), reason="pins only on x86-64 Linux with AVX2")
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if k not in (kernels.ENV, kernels.OPT_OUT)}
+    drop = {kernels.ENV, kernels.OPT_OUT, *kernels.LIBRARY_CAPS}
+    base = {k: v for k, v in os.environ.items() if k not in drop}
     return subprocess.run([sys.executable, "-c", code], env={**base, **env}, text=True,
                           capture_output=True, timeout=120)
 
@@ -43,6 +44,15 @@ def test_the_users_choice_wins() -> None:
     native = _out(CAPABILITY)                      # torch alone: its own choice
     assert _out("import searchlab; " + CAPABILITY, ATEN_CPU_CAPABILITY="default") == "DEFAULT"
     assert _out("import searchlab; " + CAPABILITY, SEARCHLAB_CPU_KERNELS="native") == native
+
+
+LIBS = "import os, searchlab; print(os.environ.get('MKL_ENABLE_INSTRUCTIONS'), os.environ.get('ONEDNN_MAX_CPU_ISA'))"
+
+
+def test_mkl_and_onednn_are_capped_too_unless_set_or_opted_out() -> None:
+    assert _out(LIBS) == "AVX2 AVX2"
+    assert _out(LIBS, MKL_ENABLE_INSTRUCTIONS="SSE4_2") == "SSE4_2 AVX2"
+    assert _out(LIBS, SEARCHLAB_CPU_KERNELS="native") == "None None"
 
 
 def test_process_pool_workers_run_the_pinned_kernels() -> None:
@@ -78,3 +88,4 @@ def test_a_torch_op_before_the_import_is_reported_when_it_changed_the_kernels() 
         assert r.stdout.strip() == "[]"
     else:
         assert f"torch runs {native} CPU kernels" in r.stdout and "not the AVX2" in r.stdout
+        assert "a torch op ran before searchlab" in r.stdout

@@ -171,6 +171,7 @@ class Evaluator:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         tune_malloc()  # a worker process's own allocator
+        kernels.check()  # and its own CPU kernels
 
     # --- steps -----------------------------------------------------------------------
     def load(self) -> None:
@@ -223,7 +224,8 @@ class Evaluator:
         """The most rules :meth:`evaluate_many` trains in one pass (the runner's chunk size
         limit; :class:`~searchlab.interfaces.BatchEvaluator`).  1 when the fidelity
         scores tail-averaged weights (``average_steps``), which populations do not do."""
-        return self.population if self.batched and not self.fidelity.average_steps else 1
+        averaged = self.fidelity.average_steps and isinstance(self.task, ClassificationTask)
+        return self.population if self.batched and not averaged else 1
 
     def evaluate_many(self, rules: Sequence[Rule | str | Sequence[str]], seed: int = 0, *,
                       use_cache: bool = True, test: bool = False) -> list[Result]:

@@ -464,9 +464,23 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
 
     # --- final run with the best lr (or the best final_lrs lrs, then the best of them) ---
     final_total = (n_final // bs) * fid.final_epochs
+    # tail averages (average_steps): which final-run steps the selection and the reward
+    # average; a window never reaches back past a mid-run selection
+    avg = fid.average_steps
+    sel_step = (n_final // bs) * fid.select_epochs       # step of a selection after select_epochs
+    mid_select = len(tops) > 1 and 0 < fid.select_epochs < fid.final_epochs
+    sel_window = min(avg, sel_step) if mid_select else 0
+    final_window = min(avg, final_total - sel_step) if mid_select else min(avg, final_total)
     can_continue = (not compiled.uses_decay and n_final == n_sweep
                     and fid.final_epochs >= fid.sweep_epochs
                     and len({id(trainers[i][0]) for i in tops}) == 1)
+    if avg and can_continue:
+        # a continued run is the fresh final run only if nothing averaged lies in the sweep
+        # (the sweep keeps no averages) and no selection falls on the sweep's scores
+        sweep_steps = (n_sweep // bs) * fid.sweep_epochs
+        first = min([final_total - final_window] + ([sel_step - sel_window] if mid_select else []))
+        can_continue = first >= sweep_steps and not (
+            len(tops) > 1 and 0 < fid.select_epochs <= fid.sweep_epochs)
     if can_continue:
         tr, _ = trainers[tops[0]]
         tr.keep([tr.alive.index(trainers[i][1]) for i in tops])
@@ -480,9 +494,8 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
         final_curves = {lrs[i]: [] for i in tops}
         epochs_left = fid.final_epochs
     trainers.clear()
-    avg = fid.average_steps
-    sel_step = (n_final // bs) * fid.select_epochs     # tr.step at a mid-run selection
     last: list[tuple[list[float], list[float]]] = []
+    iterate_acc: dict[int, float] = {}   # copy -> validation accuracy of its last iterate
     if len(tops) > 1:
         extra["final_lrs"] = [lrs[i] for i in tops]
 
@@ -499,6 +512,7 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
         if a:
             for row, copy in enumerate(tr.alive):
                 final_curves[tr.lrs[copy]].append(a[row])
+            iterate_acc.update(zip(tr.alive, a))
             last[:] = [(a, l)]
             if done + epoch + 1 == fid.select_epochs:
                 if len(tr.alive) > 1:
@@ -506,14 +520,13 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
                         with tr.averaged_weights():
                             a, l = validate(tr, bn_final)
                     select(a, l)
-                if avg:
-                    tr.average_over(final_total - avg)
+                if avg and mid_select:    # the reward's window starts after the selection
+                    tr.average_over(final_total - final_window)
 
     if len(tr.alive) > 1 and 0 < fid.select_epochs <= done:   # chosen by the sweep's scores
         select([acc[i] for i in tops], [loss[i] for i in tops])
-    if avg:     # tail averages for the mid-run selection (if any), then for the reward
-        selecting = len(tr.alive) > 1 and fid.select_epochs > done
-        tr.average_over((sel_step if selecting else final_total) - avg)
+    if avg:
+        tr.average_over(sel_step - sel_window if mid_select else final_total - final_window)
     tr.train_epochs(x_final, y_final, epochs_left, bs, deadline, after_final)
     extra["continued"] = can_continue
     extra["steps"] = tr.step
@@ -525,14 +538,14 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
                                f"{max(tr.diverged.values(), default=tr.step)}", extra=extra)
     if epochs_left == 0 or not last or len(last[0][0]) != len(tr.alive):
         last[:] = [validate(tr, bn_final)]
+        iterate_acc.update(zip(tr.alive, last[0][0]))
     if avg:                        # score the tail-averaged weights (training is done)
-        last_iterate = dict(zip(tr.alive, last[0][0]))
         extra["averaged_steps"] = tr.use_average()
         last[:] = [validate(tr, bn_final)]
     if len(tr.alive) > 1:
         select(*last[0])
     if avg:
-        extra["last_iterate_val"] = last_iterate[tr.alive[0]]
+        extra["last_iterate_val"] = iterate_acc[tr.alive[0]]
     chosen_lr = tr.lrs[tr.alive[0]]
     curve = final_curves[chosen_lr]
     val_acc, val_loss = last[0][0][0], last[0][1][0]
@@ -552,7 +565,7 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
         for j in range(1, fid.final_copies):
             trj = CopyTrainer(task, compiled, [chosen_lr], Seeds.of(seed, j), final_total)
             if avg:
-                trj.average_over(final_total - avg)
+                trj.average_over(final_total - final_window)
             trj.train_epochs(x_final, y_final, fid.final_epochs, bs, deadline)
             if trj.alive:
                 trj.use_average()
