@@ -52,8 +52,11 @@ over the final run's last ``average_steps`` steps (Polyak-Ruppert tail averaging
 of the last iterate, with batch-norm statistics recomputed for the averaged weights (so it
 needs ``bn_examples``). A selection among ``final_lrs`` judges each lr the same way, by
 the mean of its last ``average_steps`` iterates before the selection; training goes on
-from the chosen lr's iterate, so training itself is unchanged. Population training does
-not do it (``Evaluator.max_batch`` is then 1).
+from the chosen lr's iterate, so training itself is unchanged. Neither window reaches
+back past a mid-run selection (both are clamped to the steps on their side of it:
+``Result.extra["averaged_steps"]``), and a window that would reach into the sweep makes
+the final run start afresh instead of continuing the sweep run. Population training does
+not do it (``Evaluator.max_batch`` is then 1 on classification tasks).
 
 Problem tasks (``rosenbrock``, ``ensemble``) run ``problem_steps`` steps per lr (paper
 6.1 ran Rosenbrock for 4,000 iterations) and use only ``lrs`` and ``problem_steps``
