@@ -14,7 +14,13 @@ So ``import searchlab`` sets ``ATEN_CPU_CAPABILITY=avx2`` on x86-64 Linux machin
 AVX2 and FMA, before torch runs its first op, and caps MKL and oneDNN at AVX2 too
 (``MKL_ENABLE_INSTRUCTIONS=AVX2``, ``ONEDNN_MAX_CPU_ISA=AVX2``: on an Intel CPU with
 AVX-512 they would otherwise pick their AVX-512 code). Worker processes inherit the
-settings. Each variable the user has set is left alone, and ``SEARCHLAB_CPU_KERNELS=native``
+settings. numpy's OpenBLAS gets the same cap (``OPENBLAS_CORETYPE=Haswell``, its AVX2
+kernels, which AVX2-only AMD EPYC machines choose themselves): with its AVX-512 kernels the
+QR that draws the problem ensemble's quadratic bowl rounds differently, and so every
+ensemble reward moved with the machine (measured: a hash of the ensemble's values and
+gradients differs between ``OPENBLAS_CORETYPE=SkylakeX``, this machine's own choice, and
+``Haswell``/``Zen``). It takes effect only if numpy is imported after searchlab (or the
+variable is set before Python starts). Each variable the user has set is left alone, and ``SEARCHLAB_CPU_KERNELS=native``
 sets none of them (torch's own choice; the rewards are then those of this machine's
 kernels, and a reward cache shared with pinned runs mixes the two: give such runs a cache
 of their own). Other machines (aarch64, macOS, Windows) are left as they are.
@@ -43,8 +49,10 @@ __all__ = ["PINNED", "ENV", "OPT_OUT", "can_pin", "pin", "wanted", "current", "c
 PINNED = "avx2"
 ENV = "ATEN_CPU_CAPABILITY"
 OPT_OUT = "SEARCHLAB_CPU_KERNELS"      # "native": torch's own choice
-#: the same cap for the libraries torch calls (matrix products, convolutions)
-LIBRARY_CAPS = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+#: the same cap for the libraries torch calls (matrix products, convolutions) and for
+#: numpy's OpenBLAS (the problem ensemble's instances use its QR)
+LIBRARY_CAPS = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                "OPENBLAS_CORETYPE": "Haswell"}
 
 _warned: list[bool] = []
 

@@ -46,13 +46,48 @@ def test_the_users_choice_wins() -> None:
     assert _out("import searchlab; " + CAPABILITY, SEARCHLAB_CPU_KERNELS="native") == native
 
 
-LIBS = "import os, searchlab; print(os.environ.get('MKL_ENABLE_INSTRUCTIONS'), os.environ.get('ONEDNN_MAX_CPU_ISA'))"
+LIBS = ("import os, searchlab; print(*(os.environ.get(v) for v in ('MKL_ENABLE_INSTRUCTIONS', "
+        "'ONEDNN_MAX_CPU_ISA', 'OPENBLAS_CORETYPE')))")
 
 
-def test_mkl_and_onednn_are_capped_too_unless_set_or_opted_out() -> None:
-    assert _out(LIBS) == "AVX2 AVX2"
-    assert _out(LIBS, MKL_ENABLE_INSTRUCTIONS="SSE4_2") == "SSE4_2 AVX2"
-    assert _out(LIBS, SEARCHLAB_CPU_KERNELS="native") == "None None"
+def test_mkl_onednn_and_openblas_are_capped_too_unless_set_or_opted_out() -> None:
+    assert _out(LIBS) == "AVX2 AVX2 Haswell"
+    assert _out(LIBS, MKL_ENABLE_INSTRUCTIONS="SSE4_2") == "SSE4_2 AVX2 Haswell"
+    assert _out(LIBS, SEARCHLAB_CPU_KERNELS="native") == "None None None"
+
+
+# numpy's own code paths as on a machine without AVX-512: its AVX-512 SIMD loops off and
+# OpenBLAS's AVX2 kernels (on machines without AVX-512 these change nothing)
+AVX2_ONLY_NUMPY = {"NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+                   "OPENBLAS_CORETYPE": "Haswell"}
+
+ENSEMBLE = ("import searchlab, hashlib, torch\n"
+            "from searchlab.tasks.problems import build_problems\n"
+            "h = hashlib.sha256()\n"
+            "for p in build_problems():\n"
+            "    x = torch.rand(8, p.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1\n"
+            "    f, g = p.value_and_grad(x)\n"
+            "    h.update(f.numpy().tobytes() + g.numpy().tobytes() + repr(p.f_star).encode())\n"
+            "print(h.hexdigest())")
+
+
+def test_the_problem_ensemble_is_the_same_instance_as_on_an_avx2_machine() -> None:
+    """Its quadratic bowl's rotation is numpy's QR, which OpenBLAS rounds differently with
+    its AVX-512 kernels (measured: SkylakeX vs Haswell kernels give other values)."""
+    assert _out(ENSEMBLE) == _out(ENSEMBLE, **AVX2_ONLY_NUMPY)
+
+
+PROBES = ("import searchlab\n"
+          "from searchlab.fingerprint import probe\n"
+          "print(*(probe(r).digest for r in ('exp(v) - exp(g2)', 'adam - rmsprop', "
+          "'log(g3) - log(gamma)', 'sqrt(g3) - sqrt(gamma)', 'log(rmsprop)^sqrt(g)')))")
+
+
+def test_fingerprints_are_the_same_as_on_an_avx2_machine() -> None:
+    """Functions with cancellations amplify the last bit of the probe's input stream;
+    numpy's vectorised power rounded it differently on AVX-512 machines and moved these
+    functions' fingerprints (and so their reward-cache and table keys)."""
+    assert _out(PROBES) == _out(PROBES, **AVX2_ONLY_NUMPY)
 
 
 def test_process_pool_workers_run_the_pinned_kernels() -> None:
