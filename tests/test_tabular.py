@@ -367,3 +367,26 @@ _SHIPPED = TABLE_DIR / f"{DEFAULT_TABLE}.json.gz"
                     "(being built: BENCHMARKS.md, 'The tabular benchmark')")
 def test_the_shipped_tables_lookups_equal_fresh_mnist1d_evaluations() -> None:
     assert check_against_fresh_evaluations(_SHIPPED) == 4
+
+
+@pytest.mark.skipif(not _SHIPPED.is_file(), reason="the mnist1d table is not shipped yet")
+def test_the_shipped_tables_fingerprints_are_this_machines() -> None:
+    """The table's rows are keyed by the fingerprints of the machines that built it (AVX2
+    AMD EPYC); a fresh probe here must give the same key, or a lookup by probe (rules
+    written differently from the space's strings) and the reward cache would miss.
+    Sampled rows plus rows with cancellations, whose keys once moved with numpy's
+    AVX-512 code (BENCHMARKS.md, "The machine's CPU kernels")."""
+    import random
+
+    from searchlab.fingerprint import probe
+    from searchlab.tabular.table import Table
+
+    table = Table.load(_SHIPPED)
+    fragile = {"exp(v) - exp(g2)", "adam - rmsprop", "log(g3) - log(gamma)",
+               "sqrt(g3) - sqrt(gamma)", "log(rmsprop)^sqrt(g)"}
+    rows = [r for r in table.rows if r.rule in fragile]
+    assert len(rows) == len(fragile)
+    rows += random.Random(0).sample(list(table.rows), 200)
+    wrong = [(r.rule, r.fingerprint, probe(r.rule).digest) for r in rows
+             if probe(r.rule).digest != r.fingerprint]
+    assert not wrong
