@@ -168,6 +168,56 @@ def test_unusual_samples_both_write_paths(store, bulk):
     assert len(client.search_runs([exp.experiment_id], "metrics.reward > 0.4")) == 1
 
 
+def _parent_metrics(client, run_id):
+    """(latest value per key, history per key) of a parent run's ``search/`` metrics
+    (the ``time/`` ones differ between any two runs), NaN as a string."""
+    def v(x):
+        return "nan" if x != x else x
+
+    run = client.get_run(run_id)
+    hist = {}
+    keys = [k for k in run.data.metrics if k.startswith("search/")]
+    for key in keys:
+        ms = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+        hist[key] = [(m.step, v(m.value)) for m in ms]
+    return {k: v(run.data.metrics[k]) for k in keys}, hist
+
+
+def test_parent_metrics_both_write_paths(store):
+    """The bulk SQL path writes the parent's metric history and latest values exactly as
+    MLflow's ``log_batch`` does: over two transactions (the second updates the stored
+    latest rows), with NaN, infinite and falling rewards; expected values are the running
+    maximum and sums computed here (a non-finite reward is logged as NaN)."""
+    run_dir, uri = store
+    rewards = [0.5, float("nan"), 0.25, float("inf"), 0.75, float("-inf"), 0.1]
+    results = [Result(rule=f"g*{i}", key=f"k{i}", reward=x, seconds=0.1,
+                      extra={"asked": 2 * i + 1, "cpu_seconds": 0.5 * (i + 1)})
+               for i, x in enumerate(rewards)]
+    got = {}
+    for bulk in (True, False):
+        tracker = MlflowTracker(uri=uri, experiment=f"metric-paths-{int(bulk)}",
+                                run_dir=run_dir, child_runs=False, background=False, bulk=bulk)
+        tracker.start({"budget": 7}, {"task": "toy"})
+        tracker.log(results[:3], 0)     # written at once (the first batch)
+        tracker.log(results[3:], 3)     # held (within FLUSH_SECONDS), written by finish
+        tracker.finish({"unique": 7})
+        assert tracker.error is None
+        assert (tracker._bulk is not None) == bulk      # the path under test was taken
+        client = MlflowClient(uri)
+        got[bulk] = _parent_metrics(client, tracker.run_id)
+    assert got[True] == got[False]
+    latest, hist = got[True]
+    assert hist["search/reward"] == [(0, 0.5), (1, "nan"), (2, 0.25), (3, "nan"), (4, 0.75),
+                                     (5, "nan"), (6, 0.1)]
+    assert hist["search/best_reward"] == [(0, 0.5), (1, 0.5), (2, 0.5), (3, 0.5), (4, 0.75),
+                                          (5, 0.75), (6, 0.75)]
+    assert hist["search/asked"] == [(i, 2.0 * i + 1) for i in range(7)]
+    assert hist["search/cpu_seconds"] == [(i, sum(0.5 * (j + 1) for j in range(i + 1)))
+                                          for i in range(7)]
+    for key in ("search/reward", "search/best_reward", "search/asked", "search/cpu_seconds"):
+        assert latest[key] == hist[key][-1][1]          # the latest row is the last step's
+
+
 def test_fields_of_unusual_samples(store):
     """Direct start/log/finish: a cache hit, a failure with no lr, a NaN reward."""
     run_dir, uri = store
