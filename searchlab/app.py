@@ -640,6 +640,8 @@ def reference_section(cfg: Config, folder: Path, runs: Sequence["RunRecord"],
     import json
     import math
 
+    from .evaluators import LOOKUP_TASKS
+    from .executors import SerialExecutor
     from .rescore import (REFERENCE_RULES, from_results, fresh_seeds, parse_reference, rescore,
                           rescored_markdown)
     from .result import from_jsonable
@@ -671,7 +673,8 @@ def reference_section(cfg: Config, folder: Path, runs: Sequence["RunRecord"],
         seeds = fresh_seeds(cfg.eval_seed, cfg.rescore_seeds)
         tell(f"compare: re-scoring {len(rules) + len(learned)} reference optimizers on "
              f"{len(seeds)} fresh seeds")
-        executor = build_executor(cfg)
+        # a lookup task answers in microseconds: a process pool would only cost its start
+        executor = (SerialExecutor() if cfg.task.name in LOOKUP_TASKS else build_executor(cfg))
         try:
             refs = rescore(build_evaluator(cfg), rules, seeds, executor=executor)
         finally:
@@ -758,9 +761,10 @@ def log_comparison(cfg: Config, experiment: str, files: Mapping[str, Path],
                    runs: Sequence["RunRecord"]) -> Tracker:
     """Log a comparison's report with the config's tracker (an MLflow ``report`` run in
     the comparison's experiment); returns the tracker (for :meth:`Tracker.open_hint`)."""
-    from .report.comparison import summarize
+    import json
 
-    rows, _, thr = summarize(runs, cfg.threshold)
+    report = json.loads(Path(files["report.json"]).read_text())   # summarize()'s rows, once
+    rows, thr = report["strategies"], report["threshold"]
     tracker = build_tracker(cfg, experiment, "report")
     tracker.log_report(files, rows, {
         "strategies": sorted({r.label for r in runs}), "seeds": sorted({r.seed for r in runs}),

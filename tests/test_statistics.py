@@ -217,6 +217,28 @@ def test_performance_profile_by_hand():
     np.testing.assert_array_equal(prof.lower["a"], again.lower["a"])
 
 
+def test_score_distribution_is_rliables():
+    """The one-comparison score distribution equals rliable's ``np.vectorize`` one bit for
+    bit (ties at the thresholds included), and so do the bootstrapped profile bands."""
+    from rliable import library
+
+    rng = np.random.default_rng(4)
+    for n, t in [(4, 1), (30, 1), (7, 3)]:
+        scores = np.round(rng.random((n, t)), 1)          # rounding puts runs on the taus
+        taus = np.linspace(0.0, 1.0, 11)
+        np.testing.assert_array_equal(st._score_distribution(scores, taus),
+                                      library.score_distributions(scores, taus))
+    scores = np.round(rng.random((30, 1)), 2)
+    taus = np.linspace(0.2, 0.9, 42)
+    bands = []
+    for custom in (None, st._score_distribution):
+        with st._seeded_global_numpy(6):
+            bands.append(library.create_performance_profile(
+                {"a": scores}, taus, custom_profile_func=custom, reps=200))
+    np.testing.assert_array_equal(bands[0][0]["a"], bands[1][0]["a"])
+    np.testing.assert_array_equal(bands[0][1]["a"], bands[1][1]["a"])
+
+
 # --------------------------------------------------------------------------- fixed target
 CURVES_FT = np.array([
     [0.1, 0.5, 0.5, 0.8, 0.9],      # reaches 0.5 at eval 2, 0.9 at eval 5

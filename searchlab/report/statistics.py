@@ -479,12 +479,21 @@ def strategies_beating(poi: ProbabilityOfImprovement, reference: str) -> tuple[s
 
 
 # --------------------------------------------------------------------------- profiles
+def _score_distribution(scores: np.ndarray, taus: np.ndarray) -> np.ndarray:
+    """rliable's ``score_distributions(scores, taus)`` (``np.mean(scores > tau)`` per
+    tau, over all runs and tasks) in one comparison: the same counts over the same
+    number of runs; a test checks it against rliable's own."""
+    t = np.asarray(taus, dtype=float)
+    return (np.asarray(scores)[..., None] > t).reshape(-1, t.size).mean(axis=0)
+
+
 def performance_profile(finals: Mapping[str, ArrayLike], taus: ArrayLike, reps: int,
                         seed: int, confidence: float = 0.95) -> PerformanceProfile:
     """Score distribution of each strategy: fraction of runs scoring above (>) each tau.
 
     rliable's ``create_performance_profile`` (run score distributions, percentile
-    stratified-bootstrap bands over seeds).
+    stratified-bootstrap bands over seeds), given its score distribution as one array
+    comparison (:func:`_score_distribution`) instead of ``np.vectorize`` over the taus.
     """
     _check_bootstrap(reps, seed, confidence)
     f = _as_finals(finals)
@@ -496,7 +505,8 @@ def performance_profile(finals: Mapping[str, ArrayLike], taus: ArrayLike, reps: 
     for name, a in f.items():
         with _seeded_global_numpy(_stream_seed(seed, name)):
             prof, cis = library.create_performance_profile(
-                {name: a[:, None]}, t, reps=int(reps), confidence_interval_size=confidence)
+                {name: a[:, None]}, t, custom_profile_func=_score_distribution,
+                reps=int(reps), confidence_interval_size=confidence)
         point[name] = np.asarray(prof[name], dtype=float)
         lower[name] = np.asarray(cis[name][0], dtype=float)
         upper[name] = np.asarray(cis[name][1], dtype=float)
