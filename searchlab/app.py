@@ -547,6 +547,10 @@ def run_comparison(cfg: Config, *, out: str | os.PathLike[str] | None = None,
     folder.mkdir(parents=True, exist_ok=True)
     write_manifest(folder, {"strategies": [lab for lab, _ in choices], "seeds": seeds,
                             "experiment": name, "config": cfg.model_dump(mode="json")})
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if _lookup(cfg) and parallel_searches(cfg) == 1 and len(todo) > 1 and (cores or 1) > 1:
+        tell(f"compare: the searches run one at a time; on a lookup task workers=N runs N "
+             f"at once (this machine has {cores} cores: workers={cores})")
     bar = CompareProgress(len(todo), cfg.budget, quiet=cfg.quiet)
     try:
         if parallel_searches(cfg) > 1 and len(todo) > 1:
@@ -576,9 +580,14 @@ def parallel_searches(cfg: Config) -> int:
     (``table``, ``toy``: an evaluation is a lookup, so the parallelism worth having is
     across searches, each evaluating in its own process), else 1 (the workers evaluate
     one search's rules)."""
+    return cfg.executor.workers if _lookup(cfg) else 1
+
+
+def _lookup(cfg: Config) -> bool:
+    """Whether ``cfg``'s task answers from a table instead of training (``table``, ``toy``)."""
     from .evaluators import LOOKUP_TASKS
 
-    return cfg.executor.workers if cfg.task.name in LOOKUP_TASKS else 1
+    return cfg.task.name in LOOKUP_TASKS
 
 
 def _search_job(cfg: Config, label: str, sub: str, experiment: str) -> str:
@@ -640,7 +649,6 @@ def reference_section(cfg: Config, folder: Path, runs: Sequence["RunRecord"],
     import json
     import math
 
-    from .evaluators import LOOKUP_TASKS
     from .executors import SerialExecutor
     from .rescore import (REFERENCE_RULES, from_results, fresh_seeds, parse_reference, rescore,
                           rescored_markdown)
@@ -674,7 +682,7 @@ def reference_section(cfg: Config, folder: Path, runs: Sequence["RunRecord"],
         tell(f"compare: re-scoring {len(rules) + len(learned)} reference optimizers on "
              f"{len(seeds)} fresh seeds")
         # a lookup task answers in microseconds: a process pool would only cost its start
-        executor = (SerialExecutor() if cfg.task.name in LOOKUP_TASKS else build_executor(cfg))
+        executor = SerialExecutor() if _lookup(cfg) else build_executor(cfg)
         try:
             refs = rescore(build_evaluator(cfg), rules, seeds, executor=executor)
         finally:
