@@ -7,9 +7,9 @@ evaluations on ``task=table`` in under 5 minutes on 2 cores, full report include
     .venv/bin/python bench/table_compare.py --synthetic runs/table   # speed only, see below
 
 Runs, as a new user would, ``searchlab compare task=table strategies=[random,evolution,
-gp,nos-ppo,reinforce,sb3] seeds=30 budget=1000 workers=<cores>`` in a fresh run directory
-(the MLflow store included, as by default; ``workers=N`` among the extra words overrides
-the number of searches at once), and prints the wall time of the whole command, the load
+gp,nos-ppo,reinforce,sb3] seeds=30 budget=1000`` in a fresh run directory (the MLflow
+store included, as by default; on a lookup task a comparison runs one search per core,
+``searches=N`` among the extra words changes that), and prints the wall time of the whole command, the load
 average before and after (the machine is shared), the per-search time and whether the
 report was written.  Extra ``key=value`` words are passed to ``searchlab compare``.
 
@@ -84,9 +84,6 @@ def main() -> int:
     if table:
         cmd.append(f"task.options.table={table}")
     cmd += a.extra
-    if not any(w.startswith(("workers=", "executor.workers=")) for w in a.extra):
-        # "on 2 cores": one search per core (a lookup comparison's workers run searches)
-        cmd.append(f"workers={len(os.sched_getaffinity(0))}")
     n = len(a.strategies.strip("[]").split(",")) * a.seeds
     print("$", " ".join(cmd), flush=True)
     print(f"load average before: {os.getloadavg()}", flush=True)

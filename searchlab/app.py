@@ -508,6 +508,10 @@ def check_comparison(cfg: Config) -> None:
     table task's file and space must fit)."""
     from .evaluators import TABLE_TASK
 
+    if cfg.searches is not None and cfg.searches > 1 and not _lookup(cfg):
+        raise ConfigError(f"searches={cfg.searches} applies to lookup tasks (table, toy); on "
+                          f"task {cfg.task.name!r} the searches run one at a time and "
+                          "workers=N evaluates each search's rules in N processes")
     for label, sc in strategy_choices(cfg):
         build_strategy(cfg.model_copy(update={"strategy": sc}), label)
     if cfg.task.name == TABLE_TASK:
@@ -547,10 +551,6 @@ def run_comparison(cfg: Config, *, out: str | os.PathLike[str] | None = None,
     folder.mkdir(parents=True, exist_ok=True)
     write_manifest(folder, {"strategies": [lab for lab, _ in choices], "seeds": seeds,
                             "experiment": name, "config": cfg.model_dump(mode="json")})
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if _lookup(cfg) and parallel_searches(cfg) == 1 and len(todo) > 1 and (cores or 1) > 1:
-        tell(f"compare: the searches run one at a time; on a lookup task workers=N runs N "
-             f"at once (this machine has {cores} cores: workers={cores})")
     bar = CompareProgress(len(todo), cfg.budget, quiet=cfg.quiet)
     try:
         if parallel_searches(cfg) > 1 and len(todo) > 1:
@@ -575,12 +575,32 @@ def run_comparison(cfg: Config, *, out: str | os.PathLike[str] | None = None,
     return folder, files, runs
 
 
+#: at most this many searches at once by default on a lookup task (each process holds
+#: torch, the strategies and the table: ~0.57 GB at most after sb3, nos-ppo and gp searches)
+MAX_DEFAULT_SEARCHES = 8
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def parallel_searches(cfg: Config) -> int:
-    """How many searches a comparison runs at once: ``executor.workers`` on a lookup task
-    (``table``, ``toy``: an evaluation is a lookup, so the parallelism worth having is
-    across searches, each evaluating in its own process), else 1 (the workers evaluate
-    one search's rules)."""
-    return cfg.executor.workers if _lookup(cfg) else 1
+    """How many searches a comparison runs at once.  On a lookup task (``table``,
+    ``toy``: an evaluation is a lookup, so the parallelism worth having is across
+    searches, each evaluating in its own process): ``searches`` if given, else
+    ``executor.workers`` when above 1, else one per core (at most
+    :data:`MAX_DEFAULT_SEARCHES`).  Other tasks: 1 (the workers evaluate one search's
+    rules)."""
+    if not _lookup(cfg):
+        return 1
+    if cfg.searches is not None:
+        return cfg.searches
+    if cfg.executor.workers > 1:
+        return cfg.executor.workers
+    return min(usable_cores(), MAX_DEFAULT_SEARCHES)
 
 
 def _lookup(cfg: Config) -> bool:

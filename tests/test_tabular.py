@@ -209,19 +209,21 @@ def _rewards(folder: Path) -> dict[str, list[tuple[str, float]]]:
 
 def test_parallel_searches_equal_serial_ones_and_log_to_mlflow(mini: tuple[Path, Path],
                                                                 tmp_path: Path) -> None:
-    """On a lookup task workers=2 runs two searches at once (real processes, each logging
-    to the same real MLflow sqlite store): the same samples as one at a time."""
+    """On a lookup task searches=2 runs two searches at once (real processes, each
+    logging to the same real MLflow sqlite store): the same samples as searches=1, one at
+    a time in the calling process."""
     import mlflow
 
     base = [sys.executable, "-m", "searchlab.cli", "compare", "task=table",
             f"task.options.table={mini[1]}", "space=tabular-mini",
             "strategies=[random,evolution,gp]", "seeds=2", "budget=15", "quiet=true"]
-    one = subprocess.run(base + ["workers=1", "tracking=none", f"out={tmp_path / 'one'}",
+    one = subprocess.run(base + ["searches=1", "tracking=none", f"out={tmp_path / 'one'}",
                                  f"run_dir={tmp_path / 'r1'}"], capture_output=True, text=True)
-    two = subprocess.run(base + ["workers=2", f"out={tmp_path / 'two'}",
+    two = subprocess.run(base + ["searches=2", f"out={tmp_path / 'two'}",
                                  f"run_dir={tmp_path / 'r2'}", "tracking.experiment=par"],
                          capture_output=True, text=True)
     assert one.returncode == 0 and two.returncode == 0, (one.stderr[-1500:], two.stderr[-1500:])
+    assert "2 at once" in two.stderr and "at once" not in one.stderr
     assert _rewards(tmp_path / "one") == _rewards(tmp_path / "two")
     summary = (tmp_path / "two" / "summary.md").read_text()
     assert "Adam" in summary and "probability of improvement" in summary.lower()
