@@ -215,15 +215,19 @@ def _options_hint(name: str, options: Mapping[str, Any], message: str) -> str:
 
 def build_executor(cfg: Config) -> "Executor":
     """The executor of ``cfg``; ``serial`` with ``workers > 1`` means the process pool
-    (the default for more than one worker)."""
+    (the default for more than one worker).  On a lookup task the serial executor does
+    not reseed the global RNGs per item (``seed_items=False``; the lookups draw none)."""
     from .executors import EXECUTORS
 
     name = cfg.executor.name
     if name == "serial" and cfg.executor.workers > 1:
         name = "process"
     cls = EXECUTORS.get(name)
+    options = dict(cfg.executor.options)
+    if name == "serial" and _lookup(cfg):
+        options.setdefault("seed_items", False)     # a lookup draws no random numbers
     try:
-        return cls(workers=cfg.executor.workers, **cfg.executor.options)
+        return cls(workers=cfg.executor.workers, **options)
     except TypeError as e:
         raise ConfigError(f"bad executor.options for executor {name!r}: {e}") from None
 

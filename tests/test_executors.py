@@ -131,6 +131,22 @@ def test_serial_restores_the_callers_rng_state():
     assert (random.random(), float(torch.rand(()))) == expected
 
 
+def test_serial_without_item_seeding_leaves_the_global_rngs_alone():
+    """``seed_items=False``: the function draws from the caller's streams (no reseeding),
+    as a direct call would, and the draws continue the caller's sequence."""
+    random.seed(7)
+    np.random.seed(7)
+    torch.manual_seed(7)
+    direct = [faults.probe(i) for i in (1, 2)]
+    random.seed(7)
+    np.random.seed(7)
+    torch.manual_seed(7)
+    out = SerialExecutor(seed_items=False).map(faults.probe, [1, 2])
+    assert [(o["py"], o["np"], o["torch"]) for o in out] == \
+        [(o["py"], o["np"], o["torch"]) for o in direct]
+    assert (out[0]["py"], out[0]["np"]) != pytest.approx(_reference_draws(1)[:2])
+
+
 def test_one_torch_thread_per_worker_unless_configured(pool):
     assert {o["threads"] for o in pool.map(faults.probe, range(4))} == {1}
     with ProcessExecutor(workers=1, threads=2) as ex:

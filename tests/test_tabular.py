@@ -391,3 +391,22 @@ def test_the_shipped_tables_fingerprints_are_this_machines() -> None:
     rows += random.Random(0).sample(list(table.rows), 200)
     fresh = [(r.rule, r.fingerprint, probe(r.rule).digest) for r in rows]
     assert [x for x in fresh if x[1] != x[2]] == []
+
+
+@pytest.mark.parametrize("strategy", ["random", "evolution", "gp", "nos-ppo", "reinforce", "sb3"])
+def test_lookups_without_item_seeding_give_the_same_search(mini: tuple[Path, Path],
+                                                           strategy: str) -> None:
+    """On a lookup task the serial executor skips the per-item reseeding and restoring of
+    the global RNGs (``seed_items=False``, what ``build_executor`` gives a table): the
+    strategies (DEAP's and SB3's use of the global generators included) write the same
+    rules and get the same rewards as with it."""
+    from searchlab.executors import SerialExecutor
+    from searchlab.runner import run_search
+
+    got = []
+    for seed_items in (True, False):
+        res = run_search(strategy, TableEvaluator(str(mini[1])), 40, batch_size=8, seed=3,
+                         executor=SerialExecutor(seed_items=seed_items), space="tabular-mini",
+                         options={"population": 8} if strategy == "evolution" else None)
+        got.append([(r.rule, r.reward, r.status, r.cached) for r in res.results])
+    assert len(got[0]) == 40 and got[0] == got[1]

@@ -17,16 +17,20 @@ class SerialExecutor(Executor):
     the mechanism, and ``timeout`` is ignored.  ``threads`` (optional) sets torch's thread
     count during ``map`` and restores it afterwards.  Each item runs with the global RNGs
     seeded from :func:`item_seed`, and the caller's RNG state is restored after it.
+    ``seed_items=False`` skips both, for functions that read no global RNG (a table
+    lookup draws nothing): saving and restoring numpy's state alone costs ~0.1 ms per
+    item, more than a lookup.
     """
 
     def __init__(self, workers: int = 1, timeout: Optional[float] = None, retries: int = 1,
-                 threads: Optional[int] = None) -> None:
+                 threads: Optional[int] = None, seed_items: bool = True) -> None:
         if workers != 1:
             raise ValueError(f"the serial executor runs 1 worker, got workers={workers}")
         self.workers = 1
         self.timeout = timeout
         self.retries = retries
         self.threads = threads
+        self.seed_items = bool(seed_items)
 
     def stream(self, fn: Callable[[A], R], *,
                on_failure: Optional[Callable[[A, Failure], R]] = None) -> Stream[A, R]:
@@ -44,7 +48,10 @@ class SerialExecutor(Executor):
             out: list[R] = []
             for item in items:
                 try:
-                    with _seeded(item_seed(item), restore=True):
+                    if self.seed_items:
+                        with _seeded(item_seed(item), restore=True):
+                            value = fn(item)
+                    else:
                         value = fn(item)
                 except Exception as e:
                     failure = Failure("error", traceback.format_exc())
