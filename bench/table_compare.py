@@ -9,9 +9,10 @@ evaluations on ``task=table`` in under 5 minutes on 2 cores, full report include
 Runs, as a new user would, ``searchlab compare task=table strategies=[random,evolution,
 gp,nos-ppo,reinforce,sb3] seeds=30 budget=1000`` in a fresh run directory (the MLflow
 store included, as by default; on a lookup task a comparison runs one search per core,
-``searches=N`` among the extra words changes that), and prints the wall time of the whole command, the load
-average before and after (the machine is shared), the per-search time and whether the
-report was written.  Extra ``key=value`` words are passed to ``searchlab compare``.
+``searches=N`` among the extra words changes that), and prints the wall time of the
+whole command, the load average before and after (the machine is shared), the
+per-search time and whether the report was written.  Extra ``key=value`` words are
+passed to ``searchlab compare``.
 
 ``--synthetic BUILD_DIR`` measures the speed before the real table is finished: a table
 with the real space, strings and rows of the build directory (its probes) but

@@ -998,13 +998,13 @@ class _SqlBatch:
         for m in metrics:
             is_nan, value = self.store.sanitize_metric_value(float(m.value))
             rows[(m.key, int(m.timestamp), int(m.step), value, is_nan)] = None
+        if not rows:
+            return
         latest: dict[str, tuple[int, int, float, bool]] = {}
         for key, ts, step, value, is_nan in rows:
             old = latest.get(key)
             if old is None or (step, ts, value) > (old[1], old[0], old[2]):
                 latest[key] = (ts, step, value, is_nan)
-        if not rows:
-            return
         with self.store.ManagedSessionMaker(read_only=False) as session:
             session.execute(insert(SqlMetric.__table__), [
                 {"run_uuid": run_id, "key": k, "timestamp": ts, "step": step, "value": v,
