@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from . import kernels
-from .config import Config, ConfigError, flatten, load_config, strategy_choices
+from .config import Config, ConfigError, ExecutorConfig, flatten, load_config, strategy_choices
 from .tracking import Tracker
 
 if TYPE_CHECKING:
@@ -215,8 +215,9 @@ def _options_hint(name: str, options: Mapping[str, Any], message: str) -> str:
 
 def build_executor(cfg: Config) -> "Executor":
     """The executor of ``cfg``; ``serial`` with ``workers > 1`` means the process pool
-    (the default for more than one worker).  On a lookup task the serial executor does
-    not reseed the global RNGs per item (``seed_items=False``; the lookups draw none)."""
+    (the default for more than one worker).  On the table task the serial executor does
+    not reseed the global RNGs per item (``seed_items=False``; its lookups draw none)."""
+    from .evaluators import TABLE_TASK
     from .executors import EXECUTORS
 
     name = cfg.executor.name
@@ -224,8 +225,8 @@ def build_executor(cfg: Config) -> "Executor":
         name = "process"
     cls = EXECUTORS.get(name)
     options = dict(cfg.executor.options)
-    if name == "serial" and _lookup(cfg):
-        options.setdefault("seed_items", False)     # a lookup draws no random numbers
+    if name == "serial" and cfg.task.name == TABLE_TASK:
+        options.setdefault("seed_items", False)     # a table lookup draws no random numbers
     try:
         return cls(workers=cfg.executor.workers, **options)
     except TypeError as e:
@@ -563,6 +564,8 @@ def run_comparison(cfg: Config, *, out: str | os.PathLike[str] | None = None,
         else:
             for label, sc, seed, sub in todo:
                 run_cfg = cfg.model_copy(update={"strategy": sc, "seed": seed})
+                if _lookup(cfg):    # searches=1 workers=N: no pool per search for lookups
+                    run_cfg = run_cfg.model_copy(update={"executor": LOOKUP_SEARCH_EXECUTOR})
                 run_one_search(run_cfg, label=label, out=sub, experiment=name,
                                progress=bar.start_run(label, seed), on_start=bar.restart,
                                quiet=True)
@@ -579,7 +582,7 @@ def run_comparison(cfg: Config, *, out: str | os.PathLike[str] | None = None,
     return folder, files, runs
 
 
-#: at most this many searches at once by default on a lookup task (each process holds
+#: at most this many searches at once by default on the table task (each process holds
 #: torch, the strategies and the table: ~0.57 GB at most after sb3, nos-ppo and gp searches)
 MAX_DEFAULT_SEARCHES = 8
 
@@ -595,16 +598,21 @@ def parallel_searches(cfg: Config) -> int:
     """How many searches a comparison runs at once.  On a lookup task (``table``,
     ``toy``: an evaluation is a lookup, so the parallelism worth having is across
     searches, each evaluating in its own process): ``searches`` if given, else
-    ``executor.workers`` when above 1, else one per core (at most
-    :data:`MAX_DEFAULT_SEARCHES`).  Other tasks: 1 (the workers evaluate one search's
+    ``executor.workers`` when above 1, else on ``table`` one per core (at most
+    :data:`MAX_DEFAULT_SEARCHES`) and on ``toy`` 1 (its searches take milliseconds,
+    less than starting a process).  Other tasks: 1 (the workers evaluate one search's
     rules)."""
+    from .evaluators import TABLE_TASK
+
     if not _lookup(cfg):
         return 1
     if cfg.searches is not None:
         return cfg.searches
     if cfg.executor.workers > 1:
         return cfg.executor.workers
-    return min(usable_cores(), MAX_DEFAULT_SEARCHES)
+    if cfg.task.name == TABLE_TASK:
+        return min(usable_cores(), MAX_DEFAULT_SEARCHES)
+    return 1
 
 
 def _lookup(cfg: Config) -> bool:
@@ -614,13 +622,16 @@ def _lookup(cfg: Config) -> bool:
     return cfg.task.name in LOOKUP_TASKS
 
 
+#: the executor of a lookup comparison's searches: serial, in the search's own process
+#: (there ``workers`` sets how many searches run at once, not a pool per search)
+LOOKUP_SEARCH_EXECUTOR = ExecutorConfig(name="serial", workers=1)
+
+
 def _search_job(cfg: Config, label: str, sub: str, experiment: str) -> str:
     """One search of a parallel comparison, in a worker process: the same
     :func:`run_one_search` as a serial comparison's, evaluating serially (its own
     tracker logs it, from this process)."""
-    from .config import ExecutorConfig
-
-    run_cfg = cfg.model_copy(update={"executor": ExecutorConfig(name="serial", workers=1)})
+    run_cfg = cfg.model_copy(update={"executor": LOOKUP_SEARCH_EXECUTOR})
     run_one_search(run_cfg, label=label, out=Path(sub), experiment=experiment, quiet=True)
     return sub
 

@@ -153,7 +153,7 @@ class Config(_Frozen):
     threshold: float | None = Field(None, description="compare: reward threshold for 'evaluations to reach' (null: median final best reward)")
     report: str | None = Field(None, description="compare: re-report finished runs from this folder or MLflow experiment, without running")
     reps: int = Field(1000, ge=10, description="compare: bootstrap resamples of the report's statistics (rliable)")
-    searches: int | None = Field(None, ge=1, description="compare: searches run at once on a lookup task (table, toy), each in its own process (null: workers=N if N > 1, else one per core, at most 8); other tasks run one search at a time (their workers evaluate its rules)")
+    searches: int | None = Field(None, ge=1, description="compare: searches run at once on a lookup task (table, toy), each in its own process (null: workers=N if N > 1, else on table one per core, at most 8, on toy 1); other tasks run one search at a time (their workers evaluate its rules)")
     references: tuple[str, ...] = Field((), description="compare: extra reference rows beside SGD/momentum/Adam/RMSProp/PowerSign/AddSign: rule texts, name=rule, or learned:<file or kind>")
 
     @field_validator("seeds", mode="before")

@@ -609,7 +609,7 @@ class MlflowTracker(Tracker):
         self._flushed = time.perf_counter()
         if not metrics and not payload:
             return
-        client, run_id = self.client, self.run_id
+        run_id = self.run_id
 
         def job() -> None:
             if metrics:

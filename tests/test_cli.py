@@ -231,12 +231,12 @@ def test_module_entry_point(tmp_path):
     assert r.returncode == 2 and "bad value for 'budget'" in r.stderr
 
 
-
 def test_searches_is_refused_where_it_does_not_apply(capsys):
     line = one_error(capsys, ["compare", "strategies=[random]", "searches=2", "task=ensemble",
                               "fidelity=smoke", "quiet=true"])
     assert "searches=2 applies to lookup tasks" in line and "workers=N" in line
     assert "searches" in one_error(capsys, ["search", "searches=2", *TOY])
+
 
 def test_bad_strategy_and_fidelity_options(capsys):
     line = one_error(capsys, ["search", "strategy=gp", "strategy.options.populaton=3", *TOY])

@@ -218,6 +218,45 @@ def test_parent_metrics_both_write_paths(store):
         assert latest[key] == hist[key][-1][1]          # the latest row is the last step's
 
 
+def test_latest_metric_rules_both_write_paths(store):
+    """Metric rows written straight through each path, MLflow's own ``log_batch`` being the
+    reference: a later transaction with an older step keeps the stored latest row, a tie
+    on the step goes to the later timestamp and then to the larger value, and +-inf and
+    NaN are stored as MLflow stores them."""
+    from mlflow.entities import Metric
+
+    run_dir, uri = store
+    inf = float("inf")
+    batches = [
+        [Metric("a", 0.1, 1000, 0), Metric("a", 0.2, 1000, 5), Metric("b", 1.0, 1000, 3),
+         Metric("c", 0.5, 1000, 3), Metric("d", inf, 1000, 1), Metric("e", -inf, 1000, 1)],
+        [Metric("a", 0.9, 2000, 2),                      # older step: latest stays step 5
+         Metric("b", 0.25, 1500, 3),                     # same step, later time: wins
+         Metric("c", 0.75, 1000, 3), Metric("c", 0.6, 1000, 3),   # same step and time
+         Metric("d", float("nan"), 500, 1), Metric("e", 2.0, 900, 1)],
+    ]
+    got = {}
+    for bulk in (True, False):
+        tracker = MlflowTracker(uri=uri, experiment=f"latest-{int(bulk)}", run_dir=run_dir,
+                                child_runs=False, background=False, bulk=bulk)
+        tracker.start({}, {})
+        for b in batches:
+            tracker._write_metrics(tracker.run_id, b)
+        assert (tracker._bulk is not None) == bulk
+        client = MlflowClient(uri)
+        run = client.get_run(tracker.run_id)
+        hist = {k: sorted((m.step, m.timestamp, m.value if m.value == m.value else "nan")
+                          for m in client.get_metric_history(tracker.run_id, k))
+                for k in "abcde"}
+        got[bulk] = ({k: run.data.metrics[k] for k in "abcde"}, hist)
+        tracker.finish({})
+    assert got[True] == got[False]
+    latest, hist = got[True]
+    big = 1.7976931348623157e308
+    assert latest == {"a": 0.2, "b": 0.25, "c": 0.75, "d": big, "e": -big}
+    assert len(hist["c"]) == 3 and len(hist["a"]) == 3
+
+
 def test_fields_of_unusual_samples(store):
     """Direct start/log/finish: a cache hit, a failure with no lr, a NaN reward."""
     run_dir, uri = store

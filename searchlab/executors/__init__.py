@@ -42,8 +42,9 @@ evaluation per core, no oversubscription).
 Determinism: before each item the worker reseeds Python's, NumPy's and torch's *global*
 generators from a hash of the item (:func:`item_seed`), so code that (wrongly) reads
 global RNG state still gives the same numbers on every executor, in any worker, in any
-order.  The serial executor restores the caller's global RNG state after each item.
-Evaluators should still take their seed explicitly.
+order.  The serial executor restores the caller's global RNG state after each item;
+``SerialExecutor(seed_items=False)`` does neither (the table task uses it: a lookup
+draws no random numbers).  Evaluators should still take their seed explicitly.
 
 Importing this package is cheap: NumPy, torch and Ray load only when an item runs or a
 Ray executor is first used.
