@@ -684,7 +684,6 @@ def reference_section(cfg: Config, folder: Path, runs: Sequence["RunRecord"],
     import json
     import math
 
-    from .executors import SerialExecutor
     from .rescore import (REFERENCE_RULES, from_results, fresh_seeds, parse_reference, rescore,
                           rescored_markdown)
     from .result import from_jsonable
@@ -717,7 +716,8 @@ def reference_section(cfg: Config, folder: Path, runs: Sequence["RunRecord"],
         tell(f"compare: re-scoring {len(rules) + len(learned)} reference optimizers on "
              f"{len(seeds)} fresh seeds")
         # a lookup task answers in microseconds: a process pool would only cost its start
-        executor = SerialExecutor() if _lookup(cfg) else build_executor(cfg)
+        executor = build_executor(cfg.model_copy(update={"executor": LOOKUP_SEARCH_EXECUTOR})
+                                  if _lookup(cfg) else cfg)
         try:
             refs = rescore(build_evaluator(cfg), rules, seeds, executor=executor)
         finally:

@@ -21,9 +21,10 @@ ensemble reward moved with the machine (measured: a hash of the ensemble's value
 gradients differs between ``OPENBLAS_CORETYPE=SkylakeX``, this machine's own choice, and
 ``Haswell``/``Zen``). It takes effect only if numpy is imported after searchlab (or the
 variable is set before Python starts). Each variable the user has set is left alone,
-and ``SEARCHLAB_CPU_KERNELS=native`` sets none of them (torch's own choice; the rewards are then those of this machine's
-kernels, and a reward cache shared with pinned runs mixes the two: give such runs a cache
-of their own). Other machines (aarch64, macOS, Windows) are left as they are.
+and ``SEARCHLAB_CPU_KERNELS=native`` sets none of them (torch's own choice; the rewards
+are then those of this machine's kernels, and a reward cache shared with pinned runs
+mixes the two: give such runs a cache of their own). Other machines (aarch64, macOS,
+Windows) are left as they are.
 
 What was measured (BENCHMARKS.md, "The machine's CPU kernels"): on an AMD EPYC with
 AVX-512, pinning the ATen kernels alone reproduced the rewards recorded on AVX2-only AMD

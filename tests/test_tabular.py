@@ -20,6 +20,7 @@ import pytest
 from searchlab.dsl import Rule, get_space
 from searchlab.dsl.tokens import check_tokens, count_rules
 from searchlab.fingerprint import probe
+from searchlab.strategy import STRATEGIES
 from searchlab.rescore import fresh_seeds
 from searchlab.tabular import OutsideTableError, Table, TableError, TableEvaluator
 from searchlab.tabular.build import BuildSpec, build, export_table
@@ -393,10 +394,10 @@ def test_the_shipped_tables_fingerprints_are_this_machines() -> None:
     assert [x for x in fresh if x[1] != x[2]] == []
 
 
-@pytest.mark.parametrize("strategy", ["random", "evolution", "gp", "nos-ppo", "reinforce", "sb3"])
+@pytest.mark.parametrize("strategy", STRATEGIES.names())
 def test_lookups_without_item_seeding_give_the_same_search(mini: tuple[Path, Path],
                                                            strategy: str) -> None:
-    """On a lookup task the serial executor skips the per-item reseeding and restoring of
+    """On the table task the serial executor skips the per-item reseeding and restoring of
     the global RNGs (``seed_items=False``, what ``build_executor`` gives a table): the
     strategies (DEAP's and SB3's use of the global generators included) write the same
     rules and get the same rewards as with it."""
