@@ -687,18 +687,34 @@ def _build_plan(root: Node, needs_g3: bool) -> tuple[tuple[_Step, ...], int, int
     return tuple(steps), root_i, g3
 
 
-def _args(s: _Step, vals: list[_Val | None]) -> list[_Val]:
+def _args(s: _Step, vals: list[_Val | None], live: dict[int, int]) -> list[_Val]:
     """The step's inputs; a child it is the last user of is handed over for in-place use,
-    unless another live value shares its tensors (e.g. ``-x`` forwards ``x``'s tensors)."""
+    unless another live value shares its tensors (e.g. ``-x`` forwards ``x``'s tensors).
+    ``live`` counts the entries of ``vals`` holding each tensor list (by ``id``)."""
     args = []
     for c, own in zip(s.children, s.consume):
         v = vals[c]
         assert v is not None
-        if own and v.own and any(j != c and w is not None and w.t is v.t
-                                 for j, w in enumerate(vals)):
+        if own and v.own and live[id(v.t)] > 1:
             own = False
         args.append(v if own else v.borrowed())
     return args
+
+
+def _hold(live: dict[int, int], v: _Val) -> None:
+    if v.t is not None:
+        k = id(v.t)
+        live[k] = live.get(k, 0) + 1
+
+
+def _drop(live: dict[int, int], v: _Val | None) -> None:
+    if v is not None and v.t is not None:
+        k = id(v.t)
+        n = live[k] - 1
+        if n:
+            live[k] = n
+        else:
+            del live[k]
 
 
 def _check_betas(betas: Sequence[float]) -> tuple[float, float, float]:
@@ -791,10 +807,14 @@ class CompiledRule:
                 raise ValueError(f"state[{k!r}] missing or of the wrong length; "
                                  "build it with init_state(params)")
 
-    def _run(self, ctx: _Ctx, fuse_root: bool) -> tuple[list[_Val | None], _Step]:
-        """Advance the averages and evaluate every step (all but the root if fused)."""
+    def _run(self, ctx: _Ctx, fuse_root: bool
+             ) -> tuple[list[_Val | None], dict[int, int], _Step]:
+        """Advance the averages and evaluate every step (all but the root if fused).
+        Returns the values, how many of them hold each tensor list (see :func:`_args`)
+        and the root step."""
         steps = self._steps
         vals: list[_Val | None] = [None] * len(steps)
+        live: dict[int, int] = {}
         t = ctx.step
         ws = ctx.ws
         if self._g3 < 0:
@@ -802,15 +822,17 @@ class CompiledRule:
         stop = self._root if fuse_root else len(steps)
         for i in range(stop):
             s = steps[i]
-            vals[i] = self._eval_step(ctx, s, vals, t)
+            v = vals[i] = self._eval_step(ctx, s, vals, live, t)
+            _hold(live, v)
             if i == self._g3:
-                self._update_averages(ctx, vals[i])
+                self._update_averages(ctx, v)
             if s.release:
                 for r in s.release:
+                    _drop(live, vals[r])
                     vals[r] = None
                 # scratch buffers no live value references go back to the pool
-                ws.collect({id(v.t) for v in vals if v is not None and v.t is not None})
-        return vals, steps[self._root]
+                ws.collect(live)
+        return vals, live, steps[self._root]
 
     def _update_averages(self, ctx: _Ctx, g3: _Val | None) -> None:
         # paper 4.2: m, v, gamma are EMAs of g, g^2, g^3; updated before they are read
@@ -827,7 +849,8 @@ class CompiledRule:
                 assert g3 is not None and g3.t is not None
                 torch._foreach_lerp_(buf, g3.t, 1.0 - beta)
 
-    def _eval_step(self, ctx: _Ctx, s: _Step, vals: list[_Val | None], t: int) -> _Val:
+    def _eval_step(self, ctx: _Ctx, s: _Step, vals: list[_Val | None], live: dict[int, int],
+                   t: int) -> _Val:
         kind = s.kind
         if kind == "leaf":
             name = s.name
@@ -844,7 +867,7 @@ class CompiledRule:
             return _Val(None, decay_value(s.name, t, ctx.total))  # type: ignore[arg-type]
         if kind == "noise":
             return _Val(_randn(ctx), NOISE_STD[s.name](t), True)
-        args = _args(s, vals)
+        args = _args(s, vals, live)
         if kind == "unary":
             (x,) = args
             if x.t is None and s.name in _SCALAR_UNARY:
@@ -907,7 +930,7 @@ class CompiledRule:
         ctx = self._ctx(list(grads), params, state, step, total_steps, generator, betas,
                         workspace, noise)
         with torch.no_grad():
-            vals, _ = self._run(ctx, fuse_root=False)
+            vals, _, _ = self._run(ctx, fuse_root=False)
             out = _mat(ctx, vals[self._root])  # type: ignore[arg-type]
             if not out.own or not ctx.ws.owns(out.t):  # type: ignore[arg-type]
                 out = _Val(_inplace(ctx, out.borrowed(), lambda t: None), 1.0, True)
@@ -930,8 +953,8 @@ class CompiledRule:
         ctx = self._ctx(list(grads), params, state, step, total_steps, generator, betas,
                         workspace, noise)
         with torch.no_grad():
-            vals, root = self._run(ctx, fuse_root=True)
-            args = _args(root, vals)
+            vals, live, root = self._run(ctx, fuse_root=True)
+            args = _args(root, vals, live)
             if root.kind == "binary" and root.name == "mul" and all(a.t is not None for a in args):
                 x, y = args
                 torch._foreach_addcmul_(params, x.t, y.t, value=-lr * x.c * y.c)
@@ -942,7 +965,7 @@ class CompiledRule:
                 d = _denominator(ctx, y)
                 torch._foreach_addcdiv_(params, x.t, d.t, value=-lr * x.c / d.c)
                 return
-            v = self._eval_step(ctx, root, vals, ctx.step)
+            v = self._eval_step(ctx, root, vals, live, ctx.step)
             if v.t is None:
                 torch._foreach_add_(params, -lr * v.c)
             else:
