@@ -370,7 +370,7 @@ def run_one_search(cfg: Config, *, label: str | None = None, out: str | os.PathL
     summary = {**result.summary(), "label": label, "task": cfg.task.name,
                "fidelity": evaluator.protocol, "space": cfg.space_name,
                "experiment": experiment, "cpu_kernels": kernels.current(),
-               "config": cfg.model_dump(mode="json")}
+               "cpu_vendor": kernels.cpu_vendor(), "config": cfg.model_dump(mode="json")}
     if rescored:
         top = rescored[0]
         summary.update({"rescored_rule": top.rule, "rescored_val_mean": top.val_mean,

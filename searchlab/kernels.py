@@ -32,6 +32,18 @@ EPYC machines exactly (table rows, the verdict's cache, the noise tables), and t
 oneDNN caps changed none of the rewards checked there. Machines of other vendors or
 generations may still round differently inside MKL: that was not measured.
 
+The pin does not make every x86-64 machine round alike: **the CPU vendor matters too.**
+MKL, which torch calls for float32 matrix products and for several elementwise functions
+(float32 ``exp``, ``log``, ``tanh`` and float64 ``sqrt`` go through its vector math
+library), picks vendor-specific code. Measured on an Intel Xeon with AVX-512, pinned like
+this: 0 of 10 sampled rows of the shipped table (made on AMD EPYC) re-evaluate to the
+same reward (SGD, seed 0: 0.8705 against 0.8555), and 2 of 205 sampled rows get another
+probe fingerprint (rules with a cancellation after a float64 ``sqrt``). No setting of
+``MKL_CBWR`` or ``MKL_ENABLE_INSTRUCTIONS`` reproduced the AMD numbers there (BENCHMARKS.md,
+"Intel CPUs"). So rewards are reproducible between machines of one vendor;
+:func:`cpu_vendor` names this machine's, and :data:`REFERENCE_VENDOR` the one the shipped
+table and the project's recorded numbers were computed on.
+
 The choice is fixed by torch's first op: if a program runs torch ops before it imports
 searchlab, the pin comes too late for that process. :func:`check` (called by every
 ``Evaluator``, also in worker processes) then warns once.
@@ -44,7 +56,8 @@ import platform
 import sys
 import warnings
 
-__all__ = ["PINNED", "ENV", "OPT_OUT", "can_pin", "pin", "wanted", "current", "check"]
+__all__ = ["PINNED", "ENV", "OPT_OUT", "REFERENCE_VENDOR", "can_pin", "pin", "wanted", "current",
+           "check", "cpu_vendor"]
 
 #: the kernels searchlab pins (the value of ATEN_CPU_CAPABILITY)
 PINNED = "avx2"
@@ -54,6 +67,10 @@ OPT_OUT = "SEARCHLAB_CPU_KERNELS"      # "native": torch's own choice
 #: numpy's OpenBLAS (the problem ensemble's instances use its QR)
 LIBRARY_CAPS = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
                 "OPENBLAS_CORETYPE": "Haswell"}
+
+#: the CPU vendor (``/proc/cpuinfo``'s ``vendor_id``) of the machines that computed the
+#: shipped table, the verdict's reward cache and the numbers in BENCHMARKS.md
+REFERENCE_VENDOR = "AuthenticAMD"
 
 _warned: list[bool] = []
 
@@ -67,6 +84,19 @@ def _cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
+
+
+def cpu_vendor() -> str:
+    """This machine's CPU vendor as ``/proc/cpuinfo`` names it (``"AuthenticAMD"``,
+    ``"GenuineIntel"``), or ``""`` where there is no such file (macOS, Windows)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def can_pin() -> bool:

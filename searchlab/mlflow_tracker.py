@@ -542,6 +542,7 @@ class MlflowTracker(Tracker):
         all_tags = {str(k): _clip(v, _TAG_LEN) for k, v in tags.items()}
         all_tags.setdefault("searchlab.version", __version__)
         all_tags.setdefault("searchlab.cpu_kernels", kernels.current())
+        all_tags.setdefault("searchlab.cpu_vendor", kernels.cpu_vendor())  # rounding: kernels
         commit = git_commit()
         if commit:
             all_tags.setdefault("searchlab.git_commit", commit)

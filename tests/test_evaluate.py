@@ -212,8 +212,13 @@ def test_paper_protocol_step_counts(batched: bool) -> None:
 
 
 def test_sequential_path_equals_a_plain_torch_loop() -> None:
-    """The evaluator's protocol against a hand-written loop: nn layers, RuleOptimizer,
-    the same seeds, data order and sizes; the final run retrained from scratch."""
+    """The evaluator's protocol against a hand-written loop: the same one-copy network,
+    RuleOptimizer, the same seeds, data order and sizes; the final run retrained from
+    scratch.  Both run the same arithmetic, so the rewards must be equal, not close: a
+    tolerance would have to absorb rounding that training amplifies differently on every
+    CPU (with ``torch.nn`` layers instead of the stacked network, 5 of 200 validation
+    predictions moved on an Intel Xeon).  That the stacked network equals ``torch.nn``
+    layers is tested on its own, in tests/test_tasks.py."""
     rule = "adam"
     ev = smoke(batched=False)
     res = ev.evaluate(rule, seed=5)
@@ -221,37 +226,32 @@ def test_sequential_path_equals_a_plain_torch_loop() -> None:
     s = ev.task.load()
     n, bs = 800, fid.batch_size
     seeds = Seeds.of(5)
-    from tests.test_tasks import _mnist1d_reference  # the nn.Module twin of the model
 
     def plain_run(lr: float, epochs: int) -> list[float]:
-        net = _mnist1d_reference(MNIST1DConvNet.create(1, torch.Generator().manual_seed(seeds.init)), 0)
-        opt = RuleOptimizer(net.parameters(), rule, lr=lr, total_steps=epochs * (n // bs))
+        net = MNIST1DConvNet.create(1, torch.Generator().manual_seed(seeds.init))
+        opt = RuleOptimizer(net.params, rule, lr=lr, total_steps=epochs * (n // bs))
         order = torch.Generator().manual_seed(seeds.order)
         accs = []
         for _ in range(epochs):
             perm = torch.randperm(n, generator=order)
             x, y = s.train_x[:n][perm], s.train_y[:n][perm]
-            net.train()
             for i in range(n // bs):
                 opt.zero_grad()
-                F.cross_entropy(net(x[i * bs:(i + 1) * bs]), y[i * bs:(i + 1) * bs]).backward()
+                logits = net.forward(x[i * bs:(i + 1) * bs], train=True)[0]
+                F.cross_entropy(logits, y[i * bs:(i + 1) * bs]).backward()
                 opt.step()
-            net.eval()
             with torch.no_grad():
-                accs.append(float((net(s.val_x).argmax(1) == s.val_y).float().mean()))
+                pred = torch.cat([net.forward(s.val_x[lo:lo + 100], train=False)[0].argmax(1)
+                                  for lo in range(0, len(s.val_y), 100)])
+                accs.append(int((pred == s.val_y).sum()) / len(s.val_y))
         return accs
 
     sweep = [plain_run(lr, 1)[0] for lr in fid.lrs]
-    # float rounding (nn.Conv1d vs the stacked model's matmuls) grows over the training
-    # steps and moves a few of the 200 validation predictions: <= 2 on one CPU, 3 on an
-    # AVX-512 one; 4 of 200 allowed
-    tol = 0.021
-    for (lr, acc), ref in zip(res.sweep, sweep):
-        assert abs(acc - ref) <= tol, (lr, acc, ref)
+    assert [acc for _, acc in res.sweep] == sweep
     best = fid.lrs[int(np.argmax(sweep))]
     assert res.best_lr == best
     final = plain_run(best, fid.final_epochs)
-    assert np.allclose(res.curve, final, atol=tol), (res.curve, final)
+    assert list(res.curve) == final
     assert res.reward == res.curve[-1] == res.val_acc
 
 

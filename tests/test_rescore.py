@@ -12,6 +12,7 @@ import torch
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+from searchlab import kernels  # noqa: E402
 from searchlab.app import build_strategy, rescore_best, run_one_search  # noqa: E402
 from searchlab.config import load_config, strategy_choices  # noqa: E402
 from searchlab.dsl import parse  # noqa: E402
@@ -94,6 +95,7 @@ def test_search_files_and_summary_carry_the_rescored_incumbent(tmp_path):
     assert summary["rescored_rule"] == result.best[0].rule
     assert summary["rescored_test_mean"] == pytest.approx(rows[0]["test_mean"])
     assert summary["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()   # provenance
+    assert summary["cpu_vendor"] == kernels.cpu_vendor()
 
 
 def test_rescore_zero_writes_nothing(tmp_path):

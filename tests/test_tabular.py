@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from searchlab import kernels
 from searchlab.dsl import Rule, get_space
 from searchlab.dsl.tokens import check_tokens, count_rules
 from searchlab.fingerprint import probe
@@ -365,13 +366,37 @@ def check_against_fresh_evaluations(path: Path, n_ok: int = 3, n_diverged: int =
 
 _SHIPPED = TABLE_DIR / f"{DEFAULT_TABLE}.json.gz"
 
+#: the shipped table's numbers are those of its build machines' CPU vendor: on another
+#: vendor's CPU, MKL rounds matrix products and its vector functions differently, so
+#: fresh evaluations and fingerprints there cannot equal the table's (searchlab.kernels;
+#: measured on an Intel Xeon: 0 of 10 sampled rewards equal, 2 of 205 fingerprints moved)
+_OTHER_VENDOR = pytest.mark.skipif(
+    kernels.cpu_vendor() != kernels.REFERENCE_VENDOR,
+    reason=f"the shipped table was computed on {kernels.REFERENCE_VENDOR} CPUs and this is "
+           f"{kernels.cpu_vendor() or 'an unknown vendor'}'s: MKL's vendor-specific kernels "
+           "round differently (BENCHMARKS.md, 'Intel CPUs')")
 
+
+def test_the_shipped_table_names_the_vendor_it_was_computed_on() -> None:
+    """The comparisons with fresh evaluations depend on it (above); a new build records
+    its own machines' vendor."""
+    from searchlab.tabular.build import _versions
+    from searchlab.tabular.table import Table
+
+    assert Table.load(_SHIPPED).cpu_vendor == kernels.REFERENCE_VENDOR == "AuthenticAMD"
+    assert _versions()["cpu_vendor"] == kernels.cpu_vendor()
+    if sys.platform.startswith("linux"):
+        assert f"vendor_id\t: {kernels.cpu_vendor()}" in Path("/proc/cpuinfo").read_text()
+
+
+@_OTHER_VENDOR
 @pytest.mark.skipif(not _SHIPPED.is_file(), reason="the mnist1d table is not shipped yet "
                     "(being built: BENCHMARKS.md, 'The tabular benchmark')")
 def test_the_shipped_tables_lookups_equal_fresh_mnist1d_evaluations() -> None:
     assert check_against_fresh_evaluations(_SHIPPED) == 4
 
 
+@_OTHER_VENDOR
 @pytest.mark.skipif(not _SHIPPED.is_file(), reason="the mnist1d table is not shipped yet")
 def test_the_shipped_tables_fingerprints_are_this_machines() -> None:
     """The table's rows are keyed by the fingerprints of the machines that built it (AVX2

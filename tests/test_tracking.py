@@ -20,6 +20,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow import MlflowClient  # noqa: E402
 
+from searchlab import kernels  # noqa: E402
 from searchlab import mlflow_tracker as mt  # noqa: E402
 from searchlab.mlflow_tracker import (MlflowTracker, TrackingError, check_tracking_uri,  # noqa: E402
                                       local_store_uri, resolve_tracking_uri)
@@ -73,6 +74,7 @@ def test_search_logs_parent_and_one_child_per_sample(store, background, bulk):
     assert tags["strategy"] == "random" and tags["seed"] == "1" and tags["task"] == "toy"
     assert tags["searchlab.version"]
     assert tags["searchlab.cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
+    assert tags["searchlab.cpu_vendor"] == kernels.cpu_vendor()
     if mt.git_commit():
         assert tags["searchlab.git_commit"] == mt.git_commit()
     assert params["task.name"] == "toy" and params["budget"] == str(budget)

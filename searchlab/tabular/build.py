@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from .. import kernels
 from ..dsl import get_space
 from ..dsl.tokens import Space
 from ..result import Result
@@ -275,6 +276,7 @@ def _versions() -> dict[str, str]:
     return {"searchlab": searchlab.__version__, "torch": torch.__version__,
             "numpy": numpy.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "cpu_capability": cap,
+            "cpu_vendor": kernels.cpu_vendor(),
             "torch_threads": str(torch.get_num_threads())}
 
 

@@ -46,6 +46,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .. import kernels
 from ..dsl import ParseError, Rule, as_rule
 from ..dsl.tokens import Space
 from ..result import FLOOR_REWARD, Result
@@ -215,6 +216,14 @@ class Table:
     @property
     def complete(self) -> bool:
         return bool(self.meta.get("complete", False))
+
+    @property
+    def cpu_vendor(self) -> str:
+        """The CPU vendor of the machines that computed the table's rewards (its
+        ``versions`` record it since the field was added; the shipped mnist1d table, built
+        before, was computed on AMD EPYC machines: results/table/README.md). Fresh
+        evaluations on another vendor's CPU round differently (:mod:`searchlab.kernels`)."""
+        return str(self.meta.get("versions", {}).get("cpu_vendor") or kernels.REFERENCE_VENDOR)
 
     # --- lookups ---------------------------------------------------------------------
     def lookup(self, rule: Rule) -> Row | str:
