@@ -34,10 +34,11 @@ generations may still round differently inside MKL: that was not measured.
 
 The pin does not make every x86-64 machine round alike: **the CPU vendor matters too.**
 MKL, which torch calls for float32 matrix products and for several elementwise functions
-(float32 ``exp``, ``log``, ``tanh`` and float64 ``sqrt`` go through its vector math
-library), picks vendor-specific code. Measured on an Intel Xeon with AVX-512, pinned like
-this: 0 of 10 sampled rows of the shipped table (made on AMD EPYC) re-evaluate to the
-same reward (SGD, seed 0: 0.8705 against 0.8555), and 2 of 205 sampled rows get another
+(float32 ``exp``, ``log``, ``tanh`` and ``sqrt`` and float64 ``sqrt`` go through its vector math
+library: their results move with MKL's settings, ``bench/vendor.py``), picks
+vendor-specific code. Measured on an Intel Xeon with AVX-512, pinned like
+this: 3 of 20 sampled rows of the shipped table (made on AMD EPYC) re-evaluate to the
+same reward (0 of 10 in another sample) (SGD, seed 0: 0.8705 against 0.8555), and 2 of 205 sampled rows get another
 probe fingerprint (rules with a cancellation after a float64 ``sqrt``). No setting of
 ``MKL_CBWR`` or ``MKL_ENABLE_INSTRUCTIONS`` reproduced the AMD numbers there (BENCHMARKS.md,
 "Intel CPUs"). So rewards are reproducible between machines of one vendor;
