@@ -38,8 +38,8 @@ MKL, which torch calls for float32 matrix products and for several elementwise f
 library: their results move with MKL's settings, ``bench/vendor.py``), picks
 vendor-specific code. Measured on an Intel Xeon with AVX-512, pinned like
 this: 3 of 20 sampled rows of the shipped table (made on AMD EPYC) re-evaluate to the
-same reward (0 of 10 in another sample) (SGD, seed 0: 0.8705 against 0.8555), and 2 of 205 sampled rows get another
-probe fingerprint (rules with a cancellation after a float64 ``sqrt``). No setting of
+same reward, 0 of 10 in another sample (SGD, seed 0: 0.8705 against 0.8555), and 2 of
+205 sampled rows get another probe fingerprint (rules with a cancellation after a float64 ``sqrt``). No setting of
 ``MKL_CBWR`` or ``MKL_ENABLE_INSTRUCTIONS`` reproduced the AMD numbers there (BENCHMARKS.md,
 "Intel CPUs"). So rewards are reproducible between machines of one vendor;
 :func:`cpu_vendor` names this machine's, and :data:`REFERENCE_VENDOR` the one the shipped
