@@ -587,11 +587,41 @@ def run_comparison(cfg: Config, *, out: str | os.PathLike[str] | None = None,
 MAX_DEFAULT_SEARCHES = 8
 
 
+#: where Linux states a CPU quota for this process's control group: (cgroup v2 file,) or
+#: (cgroup v1 quota file, its period file)
+CGROUP_CPU_FILES: tuple[tuple[str, ...], ...] = (
+    ("/sys/fs/cgroup/cpu.max",),
+    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
+
+
+def cgroup_cpu_quota() -> float | None:
+    """The CPU quota of this process's control group in cores (``cpu.max`` of cgroup v2,
+    or v1's ``cfs_quota_us / cfs_period_us``; a container started with ``--cpus=1.5``
+    gives 1.5), or None when there is none or it cannot be read."""
+    for files in CGROUP_CPU_FILES:
+        try:
+            texts = [Path(f).read_text().split() for f in files]
+            quota, period = ((texts[0][0], texts[0][1]) if len(files) == 1
+                             else (texts[0][0], texts[1][0]))
+            if quota == "max" or int(quota) <= 0:
+                return None
+            return int(quota) / int(period)
+        except (OSError, ValueError, IndexError, ZeroDivisionError):
+            continue
+    return None
+
+
 def usable_cores() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+    """CPUs this process may use: its affinity mask where the OS has one, capped by its
+    control group's CPU quota (rounded up) where one is set."""
+    import math
+
+    n = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+         else os.cpu_count() or 1)
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        n = min(n, math.ceil(quota))
+    return max(1, n)
 
 
 def parallel_searches(cfg: Config) -> int:
