@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import searchlab  # noqa: E402,F401  (first: it pins torch's kernels and numpy's OpenBLAS, searchlab.kernels)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from throughput import matmul_rate  # noqa: E402

@@ -62,10 +62,11 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
 
 def worker(args: argparse.Namespace) -> None:
     """One thread setting: evaluate what the journal does not hold yet."""
+    sys.path.insert(0, str(ROOT))
+    import searchlab  # noqa: F401  (first: it pins torch's kernels and numpy's OpenBLAS, searchlab.kernels)
     import torch
 
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(ROOT))
     from searchlab.evaluate import Evaluator
 
     out = Path(args.out)

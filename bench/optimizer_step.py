@@ -27,6 +27,7 @@ import sys
 import time
 from typing import Callable
 
+import searchlab  # noqa: F401  (first: it pins torch's kernels and numpy's OpenBLAS, searchlab.kernels)
 import torch
 
 from searchlab.dsl import parse

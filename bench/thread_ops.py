@@ -34,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import searchlab  # noqa: E402,F401  (first: it pins torch's kernels and numpy's OpenBLAS, searchlab.kernels)
 
 RULES = ["g", "m", "adam", "rmsprop", "exp(sign(g)*sign(m))*g", "(1+sign(g)*sign(m))*g",
          "sign(m)", "sign(m)*sqrt(g)"]

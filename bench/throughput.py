@@ -56,6 +56,7 @@ from typing import Any, Callable
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import searchlab  # noqa: E402,F401  (first: it pins torch's kernels and numpy's OpenBLAS, searchlab.kernels)
 
 
 def build_evaluator(task: str, fidelity: str) -> Any:

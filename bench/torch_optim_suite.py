@@ -36,6 +36,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import searchlab  # noqa: F401  (first: it pins torch's kernels and numpy's OpenBLAS, searchlab.kernels)
 import torch
 from torch.optim.lr_scheduler import ExponentialLR, ReduceLROnPlateau, StepLR
 

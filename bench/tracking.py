@@ -40,6 +40,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # run as a script, sys.path[0] is bench/: put the repository first instead, so that the
 # top-level packages (searchlab, strategies) are the project's, not files in bench/
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
+import searchlab  # noqa: E402,F401  (first: it pins torch's kernels and numpy's OpenBLAS, searchlab.kernels)
 
 import torch  # noqa: E402
 

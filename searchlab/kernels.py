@@ -45,6 +45,13 @@ same reward, 0 of 10 in another sample (SGD, seed 0: 0.8705 against 0.8555), and
 :func:`cpu_vendor` names this machine's, and :data:`REFERENCE_VENDOR` the one the shipped
 table and the project's recorded numbers were computed on.
 
+``import torch`` imports numpy, and so loads OpenBLAS: a program that imports torch before
+searchlab gets OpenBLAS's own kernels in that process, while its worker processes start
+with the variable set. Measured on the Intel Xeon: an ensemble reward differed in the
+last digits between the calling process and a worker (amplified to 0.018 in another
+rule). :func:`check` warns about it on CPUs with AVX-512. (MKL reads its cap lazily, at
+its first call, so a late ``MKL_ENABLE_INSTRUCTIONS`` still applies.)
+
 The choice is fixed by torch's first op: if a program runs torch ops before it imports
 searchlab, the pin comes too late for that process. :func:`check` (called by every
 ``Evaluator``, also in worker processes) then warns once.
@@ -52,6 +59,7 @@ searchlab, the pin comes too late for that process. :func:`check` (called by eve
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -74,6 +82,10 @@ LIBRARY_CAPS = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
 REFERENCE_VENDOR = "AuthenticAMD"
 
 _warned: list[bool] = []
+#: set when searchlab set OPENBLAS_CORETYPE after numpy was imported (``import torch``
+#: imports numpy): OpenBLAS chose its kernels when numpy loaded it, so the cap does not
+#: apply in this process (worker processes, which start with the variable, get it)
+_late_openblas: list[bool] = []
 
 
 def _cpu_flags() -> set[str]:
@@ -87,6 +99,7 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_vendor() -> str:
     """This machine's CPU vendor as ``/proc/cpuinfo`` names it (``"AuthenticAMD"``,
     ``"GenuineIntel"``), or ``""`` where there is no such file (macOS, Windows)."""
@@ -113,7 +126,10 @@ def pin() -> bool:
     if os.environ.get(OPT_OUT, "").lower() == "native" or not can_pin():
         return False
     for name, value in LIBRARY_CAPS.items():
-        os.environ.setdefault(name, value)
+        if name not in os.environ:
+            os.environ[name] = value
+            if name == "OPENBLAS_CORETYPE" and "numpy" in sys.modules:
+                _late_openblas.append(True)
     if ENV in os.environ:
         return False
     os.environ[ENV] = PINNED
@@ -148,4 +164,14 @@ def check() -> str:
             "or this CPU or torch build cannot run them. Rewards here can differ in "
             "rounding from other processes, the reward cache and other machines "
             "(searchlab.kernels).", RuntimeWarning, stacklevel=3)
+    if _late_openblas and not _warned and "avx512f" in _cpu_flags():
+        _warned.append(True)
+        warnings.warn(
+            "numpy was imported before searchlab (import torch imports it), so OpenBLAS chose "
+            "its AVX-512 kernels before searchlab set OPENBLAS_CORETYPE=Haswell: in this "
+            "process the problem tasks' instances (the ensemble's rotated bowl is numpy's "
+            "QR) differ from those of worker processes and of other machines, and so do "
+            "their rewards. Import searchlab before torch and numpy, or set "
+            "OPENBLAS_CORETYPE=Haswell before starting Python (searchlab.kernels).",
+            RuntimeWarning, stacklevel=3)
     return now

@@ -124,3 +124,28 @@ def test_a_torch_op_before_the_import_is_reported_when_it_changed_the_kernels() 
     else:
         assert f"torch runs {native} CPU kernels" in r.stdout and "not the AVX2" in r.stdout
         assert "a torch op ran before searchlab" in r.stdout
+
+
+# `import torch` imports numpy and so loads OpenBLAS before searchlab can set
+# OPENBLAS_CORETYPE: the ensemble's instance (numpy's QR) then comes from OpenBLAS's own
+# kernels, AVX-512 ones on a CPU with AVX-512
+ORDER = ("import warnings; warnings.simplefilter('always')\n"
+         "{first}\n"
+         "from searchlab.evaluation import Evaluator\n"
+         "ev = Evaluator('ensemble', 'fast')\n"
+         "print(repr(ev.evaluate('exp(g) - sign(clip(cd_2, 1e-5) + log(1e-3*w))', seed=0, "
+         "use_cache=False).reward))")
+
+
+def test_importing_torch_first_leaves_openblas_uncapped_and_warns_where_that_matters() -> None:
+    capped = _run(ORDER.format(first="import searchlab, torch"))
+    late = _run(ORDER.format(first="import torch, searchlab"))
+    preset = _run(ORDER.format(first="import torch, searchlab"), OPENBLAS_CORETYPE="Haswell")
+    assert capped.returncode == late.returncode == preset.returncode == 0, late.stderr
+    matters = "avx512f" in kernels._cpu_flags()
+    assert "OPENBLAS_CORETYPE" not in capped.stderr + preset.stderr
+    assert ("numpy was imported before searchlab" in late.stderr) == matters, late.stderr
+    assert preset.stdout == capped.stdout          # set before Python: the same reward
+    if matters and kernels.cpu_vendor() == "GenuineIntel":
+        # measured on an Intel Xeon with AVX-512: ...853 capped against ...847
+        assert late.stdout != capped.stdout
