@@ -29,6 +29,12 @@ The file is safe to share between processes (WAL journal, busy timeout): the run
 worker processes each open their own connection (a cache pickles as its path).
 ``RewardCache(None)`` is an in-memory cache for one process (a pickled copy starts empty).
 
+Rewards round differently on CPUs of different vendors (:mod:`searchlab.kernels`): every
+write records the writing machine's vendor in the file (table ``meta``), and
+:meth:`RewardCache.check` warns when a cache holds rewards computed on another vendor's
+CPUs than this one's (or on several), since its hits are then that machine's numbers.
+Files written before the record existed name no vendor and are not warned about.
+
 A corrupt file (not a sqlite database, a damaged page) would make every lookup fail, and
 every sample an ``error``; :meth:`RewardCache.check`, called when a search starts
 (``searchlab.app``), raises :class:`CacheError` instead: one line naming the file and
@@ -46,6 +52,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .kernels import cpu_vendor
 from .result import Result, dumps_result, loads_result
 
 __all__ = ["CACHEABLE_STATUSES", "CacheError", "PROTOCOL_VERSION", "RewardCache",
@@ -72,7 +79,16 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (fingerprint, task, fidelity, seed, protocol)
 );
 CREATE INDEX IF NOT EXISTS results_by_key ON results (key, task, fidelity, seed, protocol);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+_VENDOR_PREFIX = "cpu_vendor:"
+_WARNED_VENDORS: set[tuple[Path | None, str]] = set()
+
+
+def _vendor() -> str:
+    return cpu_vendor() or "unknown"
 
 
 class CacheError(RuntimeError):
@@ -162,6 +178,7 @@ class RewardCache:
                     warnings.warn(f"reward cache {self.path}: integrity check says {problem!r}; "
                                   "its rows are readable, so the search goes on (a damaged "
                                   "row is re-trained)", RuntimeWarning, stacklevel=3)
+            self._warn_other_vendors()
         except sqlite3.OperationalError as e:
             if "locked" in str(e) or "busy" in str(e):
                 return              # in use by another search: not corrupt
@@ -227,9 +244,32 @@ class RewardCache:
                 (result.fingerprint, result.task, result.fidelity, int(result.seed),
                  PROTOCOL_VERSION, result.key, result.rule, result.status,
                  float(result.reward), time.time(), data))
+            db.execute("INSERT OR IGNORE INTO meta VALUES (?, '1')", (_VENDOR_PREFIX + _vendor(),))
             db.commit()
             self.puts += 1
         return True
+
+    def vendors(self) -> set[str]:
+        """The CPU vendors of the machines that wrote this cache's rewards (empty for a
+        file written before searchlab recorded them)."""
+        with self._lock:
+            rows = self._db().execute("SELECT name FROM meta WHERE name LIKE ?",
+                                      (_VENDOR_PREFIX + "%",)).fetchall()
+        return {r[0][len(_VENDOR_PREFIX):] for r in rows}
+
+    def _warn_other_vendors(self) -> None:
+        mine, theirs = _vendor(), self.vendors()
+        if not theirs or theirs == {mine} or (self.path, mine) in _WARNED_VENDORS:
+            return
+        _WARNED_VENDORS.add((self.path, mine))
+        import warnings
+
+        warnings.warn(
+            f"reward cache {self.path} holds rewards computed on {', '.join(sorted(theirs))} "
+            f"CPUs, and this machine is {mine}'s: rewards round differently between CPU "
+            "vendors (BENCHMARKS.md, 'Intel CPUs'), so its hits are the other machines' "
+            "numbers and new entries this one's; give this machine a cache of its own "
+            "(another run_dir) to keep them apart", RuntimeWarning, stacklevel=3)
 
     def __len__(self) -> int:
         with self._lock:

@@ -343,6 +343,52 @@ def test_cache_stores_only_deterministic_outcomes(tmp_path: Path) -> None:
     assert cache.get("abc", "t", "f", 1) is None and cache.misses == 1
 
 
+def test_a_cache_names_the_cpu_vendors_that_wrote_it_and_warns_about_others(tmp_path: Path) -> None:
+    """Rewards round differently between CPU vendors (searchlab.kernels): a cache records
+    who wrote it, and check() warns when the writers are not (only) this machine's vendor.
+    A file from before the record (no meta table) names none and is not warned about."""
+    import sqlite3
+    import warnings
+
+    from searchlab import kernels
+
+    mine = kernels.cpu_vendor() or "unknown"
+    base = dict(rule="g", key="g", reward=0.5, seed=0, task="t", fidelity="f", fingerprint="abc",
+                status="ok")
+    path = tmp_path / "c.sqlite"
+    cache = RewardCache(path)
+    assert cache.vendors() == set()
+    cache.put(Result(**base))
+    assert cache.vendors() == {mine}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cache.check()                                   # only this machine's: no warning
+    cache.close()
+    with sqlite3.connect(path) as db:                   # as if another vendor's machine wrote it
+        db.execute("DELETE FROM meta")
+        db.execute("INSERT INTO meta VALUES ('cpu_vendor:OtherVendorInc', '1')")
+    other = RewardCache(path)
+    assert other.vendors() == {"OtherVendorInc"}
+    with pytest.warns(RuntimeWarning, match=f"OtherVendorInc CPUs, and this machine is {mine}"):
+        other.check()
+    assert other.get("abc", "t", "f", 0).reward == 0.5  # its rows stay readable
+    other.put(Result(**{**base, "fingerprint": "new"}))
+    assert other.vendors() == {"OtherVendorInc", mine}
+    other.close()
+    old = tmp_path / "old.sqlite"                       # written before the record existed
+    with sqlite3.connect(old) as db:
+        db.execute("CREATE TABLE results (fingerprint TEXT NOT NULL, task TEXT NOT NULL, "
+                   "fidelity TEXT NOT NULL, seed INTEGER NOT NULL, protocol INTEGER NOT NULL, "
+                   "key TEXT NOT NULL, rule TEXT NOT NULL, status TEXT NOT NULL, reward REAL, "
+                   "created REAL NOT NULL, data TEXT NOT NULL, "
+                   "PRIMARY KEY (fingerprint, task, fidelity, seed, protocol))")
+    legacy = RewardCache(old)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        legacy.check()
+    assert legacy.vendors() == set()
+
+
 # --- fidelities -------------------------------------------------------------------------------
 def test_fidelities_and_names() -> None:
     paper = FIDELITIES.get("paper")
