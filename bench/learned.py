@@ -39,11 +39,12 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import searchlab  # noqa: E402,F401  (first: it pins torch's kernels and numpy's OpenBLAS, searchlab.kernels)
+
+import torch  # noqa: E402
+
 
 from searchlab.evaluate import Evaluator  # noqa: E402
 from searchlab.learned import load_learned, meta_train  # noqa: E402

@@ -26,11 +26,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import searchlab  # noqa: E402,F401  (first: it pins torch's kernels and numpy's OpenBLAS, searchlab.kernels)
+
+import torch
+
 
 from searchlab.cache import RewardCache, default_cache_path  # noqa: E402
 from searchlab.result import result_to_json  # noqa: E402

@@ -27,10 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import searchlab  # noqa: E402,F401  (first: it pins torch's kernels and numpy's OpenBLAS, searchlab.kernels)
+
+import numpy as np
+
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 

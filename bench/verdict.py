@@ -133,7 +133,13 @@ def restore() -> int:
         return 1
     with gzip.open(src, "rb") as f, open(CACHE, "wb") as g:
         shutil.copyfileobj(f, g)
-    print(f"restored {CACHE}")
+    from searchlab.cache import RewardCache
+    from searchlab.kernels import REFERENCE_VENDOR
+
+    cache = RewardCache(CACHE)
+    cache.note_vendor(REFERENCE_VENDOR)     # made on AMD EPYC machines (BENCHMARKS.md)
+    cache.close()
+    print(f"restored {CACHE} (rewards computed on {REFERENCE_VENDOR} CPUs)")
     return 0
 
 

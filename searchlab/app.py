@@ -19,6 +19,7 @@ commands (:mod:`searchlab.commands`) parse arguments, call these functions and p
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -587,17 +588,18 @@ def run_comparison(cfg: Config, *, out: str | os.PathLike[str] | None = None,
 MAX_DEFAULT_SEARCHES = 8
 
 
-#: where Linux states a CPU quota for this process's control group: (cgroup v2 file,) or
-#: (cgroup v1 quota file, its period file)
+#: where Linux states the CPU quota of a container's own control group (the root of its
+#: cgroup mount): (cgroup v2 file,) or (cgroup v1 quota file, its period file). Quotas of
+#: a parent group outside the container's namespace (systemd slices) are not read.
 CGROUP_CPU_FILES: tuple[tuple[str, ...], ...] = (
     ("/sys/fs/cgroup/cpu.max",),
     ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
 
 
 def cgroup_cpu_quota() -> float | None:
-    """The CPU quota of this process's control group in cores (``cpu.max`` of cgroup v2,
-    or v1's ``cfs_quota_us / cfs_period_us``; a container started with ``--cpus=1.5``
-    gives 1.5), or None when there is none or it cannot be read."""
+    """The CPU quota of this container in cores (``cpu.max`` of cgroup v2, or v1's
+    ``cfs_quota_us / cfs_period_us`` at the root of the cgroup mount; a container started
+    with ``--cpus=1.5`` gives 1.5), or None when there is none or it cannot be read."""
     for files in CGROUP_CPU_FILES:
         try:
             texts = [Path(f).read_text().split() for f in files]
@@ -613,9 +615,7 @@ def cgroup_cpu_quota() -> float | None:
 
 def usable_cores() -> int:
     """CPUs this process may use: its affinity mask where the OS has one, capped by its
-    control group's CPU quota (rounded up) where one is set."""
-    import math
-
+    container's CPU quota (rounded up) where one is set."""
     n = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
          else os.cpu_count() or 1)
     quota = cgroup_cpu_quota()
@@ -712,8 +712,6 @@ def reference_section(cfg: Config, folder: Path, runs: Sequence["RunRecord"],
     rule of each seed (``runs/*/rescored.json``): mean validation and held-out test over
     seeds, beside Adam's.  Returns (targets, Markdown)."""
     import json
-    import math
-
     from .rescore import (REFERENCE_RULES, from_results, fresh_seeds, parse_reference, rescore,
                           rescored_markdown)
     from .result import from_jsonable

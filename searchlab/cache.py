@@ -33,7 +33,8 @@ Rewards round differently on CPUs of different vendors (:mod:`searchlab.kernels`
 write records the writing machine's vendor in the file (table ``meta``), and
 :meth:`RewardCache.check` warns when a cache holds rewards computed on another vendor's
 CPUs than this one's (or on several), since its hits are then that machine's numbers.
-Files written before the record existed name no vendor and are not warned about.
+Files written only before the record existed name no vendor and are not warned about;
+once such a file gets new rows, its old ones are marked :data:`UNRECORDED`.
 
 A corrupt file (not a sqlite database, a damaged page) would make every lookup fail, and
 every sample an ``error``; :meth:`RewardCache.check`, called when a search starts
@@ -55,7 +56,7 @@ from typing import Any
 from .kernels import cpu_vendor
 from .result import Result, dumps_result, loads_result
 
-__all__ = ["CACHEABLE_STATUSES", "CacheError", "PROTOCOL_VERSION", "RewardCache",
+__all__ = ["CACHEABLE_STATUSES", "CacheError", "PROTOCOL_VERSION", "RewardCache", "UNRECORDED",
            "default_cache_path"]
 
 #: bump when the reward protocol (training, splits, scoring) changes
@@ -84,6 +85,8 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 
 _VENDOR_PREFIX = "cpu_vendor:"
+#: the vendor of rows written before the cache recorded vendors
+UNRECORDED = "unrecorded"
 _WARNED_VENDORS: set[tuple[Path | None, str]] = set()
 
 
@@ -239,6 +242,11 @@ class RewardCache:
         data = dumps_result(result.with_(cached=False))
         with self._lock:
             db = self._db()
+            # the first put into a file written before vendors were recorded marks its
+            # rows as of an unrecorded vendor, so that they are not taken for this one's
+            db.execute("INSERT OR IGNORE INTO meta SELECT ?, '1' WHERE NOT EXISTS (SELECT 1 "
+                       "FROM meta WHERE name LIKE ?) AND EXISTS (SELECT 1 FROM results)",
+                       (_VENDOR_PREFIX + UNRECORDED, _VENDOR_PREFIX + "%"))
             db.execute(
                 "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (result.fingerprint, result.task, result.fidelity, int(result.seed),
@@ -250,12 +258,21 @@ class RewardCache:
         return True
 
     def vendors(self) -> set[str]:
-        """The CPU vendors of the machines that wrote this cache's rewards (empty for a
-        file written before searchlab recorded them)."""
+        """The CPU vendors of the machines that wrote this cache's rewards: empty for a
+        file written only before searchlab recorded them, :data:`UNRECORDED` among them
+        once such a file gets new rows."""
         with self._lock:
             rows = self._db().execute("SELECT name FROM meta WHERE name LIKE ?",
                                       (_VENDOR_PREFIX + "%",)).fetchall()
         return {r[0][len(_VENDOR_PREFIX):] for r in rows}
+
+    def note_vendor(self, vendor: str) -> None:
+        """Record that this cache's rows were computed on ``vendor``'s CPUs (for a file
+        restored from elsewhere, e.g. ``bench/verdict.py restore``)."""
+        with self._lock:
+            db = self._db()
+            db.execute("INSERT OR IGNORE INTO meta VALUES (?, '1')", (_VENDOR_PREFIX + vendor,))
+            db.commit()
 
     def _warn_other_vendors(self) -> None:
         mine, theirs = _vendor(), self.vendors()
@@ -264,12 +281,15 @@ class RewardCache:
         _WARNED_VENDORS.add((self.path, mine))
         import warnings
 
+        names = sorted(theirs - {UNRECORDED}) + (
+            ["unrecorded ones (rows from before searchlab recorded vendors)"]
+            if UNRECORDED in theirs else [])
         warnings.warn(
-            f"reward cache {self.path} holds rewards computed on {', '.join(sorted(theirs))} "
+            f"reward cache {self.path} holds rewards computed on {' and '.join(names)} "
             f"CPUs, and this machine is {mine}'s: rewards round differently between CPU "
-            "vendors (BENCHMARKS.md, 'Intel CPUs'), so its hits are the other machines' "
-            "numbers and new entries this one's; give this machine a cache of its own "
-            "(another run_dir) to keep them apart", RuntimeWarning, stacklevel=3)
+            "vendors (BENCHMARKS.md, 'Intel CPUs'), so its hits may be other machines' "
+            "numbers and new entries are this one's; give this machine a cache of its own "
+            "(another run_dir) to keep them apart", RuntimeWarning, stacklevel=4)
 
     def __len__(self) -> int:
         with self._lock:

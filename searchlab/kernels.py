@@ -29,28 +29,28 @@ Windows) are left as they are.
 What was measured (BENCHMARKS.md, "The machine's CPU kernels"): on an AMD EPYC with
 AVX-512, pinning the ATen kernels alone reproduced the rewards recorded on AVX2-only AMD
 EPYC machines exactly (table rows, the verdict's cache, the noise tables), and the MKL and
-oneDNN caps changed none of the rewards checked there. Machines of other vendors or
-generations may still round differently inside MKL: that was not measured.
+oneDNN caps changed none of the rewards checked there.
 
 The pin does not make every x86-64 machine round alike: **the CPU vendor matters too.**
-MKL, which torch calls for float32 matrix products and for several elementwise functions
-(float32 ``exp``, ``log``, ``tanh`` and ``sqrt`` and float64 ``sqrt`` go through its vector math
-library: their results move with MKL's settings, ``bench/vendor.py``), picks
-vendor-specific code. Measured on an Intel Xeon with AVX-512, pinned like
-this: 3 of 20 sampled rows of the shipped table (made on AMD EPYC) re-evaluate to the
-same reward, 0 of 10 in another sample (SGD, seed 0: 0.8705 against 0.8555), and 2 of
-205 sampled rows get another probe fingerprint (rules with a cancellation after a float64 ``sqrt``). No setting of
-``MKL_CBWR`` or ``MKL_ENABLE_INSTRUCTIONS`` reproduced the AMD numbers there (BENCHMARKS.md,
-"Intel CPUs"). So rewards are reproducible between machines of one vendor;
-:func:`cpu_vendor` names this machine's, and :data:`REFERENCE_VENDOR` the one the shipped
-table and the project's recorded numbers were computed on.
+MKL, which torch calls for float32 matrix products and for several elementwise
+functions (float32 ``exp``, ``log``, ``tanh`` and ``sqrt``, float64 ``sqrt``: their
+results move with MKL's settings, ``bench/vendor.py``), picks vendor-specific code.
+Measured on an Intel Xeon with AVX-512, pinned like this: 1 of 20 sampled rows of the
+shipped table (made on AMD EPYC) re-evaluates to the same reward, 3 of 20 and 0 of 10 in
+other samples (SGD, seed 0: 0.8705 against 0.8555), and 2 of 205 sampled rows get another probe
+fingerprint (rules with a cancellation after a float64 ``sqrt``). No setting of
+``MKL_CBWR`` or ``MKL_ENABLE_INSTRUCTIONS`` reproduced the AMD numbers there
+(BENCHMARKS.md, "Intel CPUs"). So rewards are reproducible between machines of one
+vendor; :func:`cpu_vendor` names this machine's, and :data:`REFERENCE_VENDOR` the one the
+shipped table and the project's recorded numbers were computed on.
 
 ``import torch`` imports numpy, and so loads OpenBLAS: a program that imports torch before
 searchlab gets OpenBLAS's own kernels in that process, while its worker processes start
-with the variable set. Measured on the Intel Xeon: an ensemble reward differed in the
-last digits between the calling process and a worker (amplified to 0.018 in another
-rule). :func:`check` warns about it on CPUs with AVX-512. (MKL reads its cap lazily, at
-its first call, so a late ``MKL_ENABLE_INSTRUCTIONS`` still applies.)
+with the variable set. Measured on the Intel Xeon: ensemble rewards differed between the
+calling process and its workers, in the last digits for most rules and by up to 0.018
+for one. :func:`check` warns about it on CPUs with AVX-512. MKL read a
+``MKL_ENABLE_INSTRUCTIONS`` set after ``import torch`` (but before any MKL call) as one set
+before Python started: the same output hashes, measured once on that machine.
 
 The choice is fixed by torch's first op: if a program runs torch ops before it imports
 searchlab, the pin comes too late for that process. :func:`check` (called by every
@@ -82,6 +82,7 @@ LIBRARY_CAPS = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
 REFERENCE_VENDOR = "AuthenticAMD"
 
 _warned: list[bool] = []
+_warned_openblas: list[bool] = []
 #: set when searchlab set OPENBLAS_CORETYPE after numpy was imported (``import torch``
 #: imports numpy): OpenBLAS chose its kernels when numpy loaded it, so the cap does not
 #: apply in this process (worker processes, which start with the variable, get it)
@@ -152,7 +153,8 @@ def current() -> str:
 
 def check() -> str:
     """The kernels in use; warns once if they are not the ones asked for (torch ran an op
-    before ``import searchlab`` set the pin)."""
+    before ``import searchlab`` set the pin), and once if numpy (OpenBLAS) was imported
+    before searchlab set ``OPENBLAS_CORETYPE`` on a CPU with AVX-512."""
     now = current()
     want = wanted()
     if want is not None and want != now and not _warned:
@@ -164,8 +166,8 @@ def check() -> str:
             "or this CPU or torch build cannot run them. Rewards here can differ in "
             "rounding from other processes, the reward cache and other machines "
             "(searchlab.kernels).", RuntimeWarning, stacklevel=3)
-    if _late_openblas and not _warned and "avx512f" in _cpu_flags():
-        _warned.append(True)
+    if _late_openblas and not _warned_openblas and "avx512f" in _cpu_flags():
+        _warned_openblas.append(True)
         warnings.warn(
             "numpy was imported before searchlab (import torch imports it), so OpenBLAS chose "
             "its AVX-512 kernels before searchlab set OPENBLAS_CORETYPE=Haswell: in this "

@@ -210,32 +210,28 @@ def test_empty_report_is_an_error(tmp_path):
         write_report([], tmp_path)
 
 
-@pytest.mark.parametrize("v2, v1, quota", [
-    ("150000 100000\n", None, 1.5), ("max 100000\n", None, None), ("50000 100000", None, 0.5),
-    (None, ("200000", "100000"), 2.0), (None, ("-1", "100000"), None), ("garbage", None, None),
-    (None, None, None)])
-def test_usable_cores_follow_the_cgroup_cpu_quota(monkeypatch, tmp_path, v2, v1, quota):
+@pytest.mark.parametrize("v2, v1, quota, cores", [
+    ("150000 100000\n", None, 1.5, 2), ("max 100000\n", None, None, 4), ("50000 100000", None, 0.5, 1),
+    (None, ("200000", "100000"), 2.0, 2), (None, ("-1", "100000"), None, 4),
+    ("garbage", None, None, 4), (None, None, None, 4), ("800000 100000", None, 8.0, 4)])
+def test_usable_cores_follow_the_cgroup_cpu_quota(monkeypatch, tmp_path, v2, v1, quota, cores):
     """A container's CPU quota (cgroup v2 ``cpu.max``, or v1's quota / period) caps the
-    cores a table comparison counts as usable, rounded up; no quota, ``max``, v1's -1 or
-    an unreadable file leave the affinity mask's count."""
-    import math
+    cores a table comparison counts as usable, rounded up, never above the affinity mask
+    (4 CPUs here); no quota, ``max``, v1's -1 or an unreadable file leave the mask's 4."""
     import os
 
     from searchlab import app
 
-    files = []
     if v2 is not None:
         (tmp_path / "cpu.max").write_text(v2)
-    files.append((str(tmp_path / "cpu.max"),))
     if v1 is not None:
         (tmp_path / "q").write_text(v1[0])
         (tmp_path / "p").write_text(v1[1])
-    files.append((str(tmp_path / "q"), str(tmp_path / "p")))
-    monkeypatch.setattr(app, "CGROUP_CPU_FILES", tuple(files))
+    monkeypatch.setattr(app, "CGROUP_CPU_FILES", ((str(tmp_path / "cpu.max"),),
+                                                  (str(tmp_path / "q"), str(tmp_path / "p"))))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     assert app.cgroup_cpu_quota() == quota
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    want = cores if quota is None else max(1, min(cores, math.ceil(quota)))
-    assert app.usable_cores() == want
+    assert app.usable_cores() == cores
 
 
 def test_table_comparisons_run_one_search_per_core_by_default(monkeypatch):

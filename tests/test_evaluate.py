@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import searchlab.evaluation.evaluator as evaluator_mod
-from searchlab.cache import RewardCache
+from searchlab.cache import UNRECORDED, RewardCache
 from searchlab.dsl import parse
 from searchlab.evaluate import FIDELITIES, PAPER_LRS, Evaluator, fingerprint, get_fidelity, probe
 from searchlab.evaluation.protocol import PARAM_LIMIT, CopyTrainer, Seeds
@@ -382,11 +382,21 @@ def test_a_cache_names_the_cpu_vendors_that_wrote_it_and_warns_about_others(tmp_
                    "key TEXT NOT NULL, rule TEXT NOT NULL, status TEXT NOT NULL, reward REAL, "
                    "created REAL NOT NULL, data TEXT NOT NULL, "
                    "PRIMARY KEY (fingerprint, task, fidelity, seed, protocol))")
+        db.execute("INSERT INTO results VALUES ('old', 't', 'f', 0, 1, 'g', 'g', 'ok', 0.5, 0, "
+                   "'{}')")
     legacy = RewardCache(old)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        legacy.check()
+        legacy.check()                                  # nothing recorded: nothing to say
     assert legacy.vendors() == set()
+    legacy.put(Result(**{**base, "fingerprint": "new"}))  # its old rows are not this machine's
+    assert legacy.vendors() == {UNRECORDED, mine}
+    legacy.close()
+    with pytest.warns(RuntimeWarning, match="unrecorded ones"):
+        RewardCache(old).check()
+    restored = tmp_path / "restored.sqlite"             # a file restored from a known machine
+    RewardCache(restored).note_vendor("AuthenticAMD")
+    assert RewardCache(restored).vendors() == {"AuthenticAMD"}
 
 
 # --- fidelities -------------------------------------------------------------------------------

@@ -369,23 +369,40 @@ _SHIPPED = TABLE_DIR / f"{DEFAULT_TABLE}.json.gz"
 #: the shipped table's numbers are those of its build machines' CPU vendor: on another
 #: vendor's CPU, MKL rounds matrix products and its vector functions differently, so
 #: fresh evaluations and fingerprints there cannot equal the table's (searchlab.kernels;
-#: measured on an Intel Xeon: 0 of 10 sampled rewards equal, 2 of 205 fingerprints moved)
+#: measured on an Intel Xeon: 1 of 20 sampled rewards equal, 2 of 205 fingerprints moved)
+def _shipped_vendor() -> str:
+    from searchlab.tabular.table import Table
+
+    return Table.load(_SHIPPED).cpu_vendor if _SHIPPED.is_file() else ""
+
+
 _OTHER_VENDOR = pytest.mark.skipif(
-    kernels.cpu_vendor() != kernels.REFERENCE_VENDOR,
-    reason=f"the shipped table was computed on {kernels.REFERENCE_VENDOR} CPUs and this is "
+    _SHIPPED.is_file() and kernels.cpu_vendor() != _shipped_vendor(),
+    reason=f"the shipped table was computed on {_shipped_vendor() or '?'} CPUs and this is "
            f"{kernels.cpu_vendor() or 'an unknown vendor'}'s: MKL's vendor-specific kernels "
            "round differently (BENCHMARKS.md, 'Intel CPUs')")
 
 
-def test_the_shipped_table_names_the_vendor_it_was_computed_on() -> None:
-    """The comparisons with fresh evaluations depend on it (above); a new build records
-    its own machines' vendor."""
+@pytest.mark.skipif(not _SHIPPED.is_file(), reason="the mnist1d table is not shipped yet")
+def test_a_table_names_the_vendor_it_was_computed_on(tmp_path: Path) -> None:
+    """The comparisons with fresh evaluations depend on it (above): a table's recorded
+    vendor, the shipped table's known one (it predates the record), and "" (unknown) for
+    any other table without the record; a new build records its machines' vendor."""
+    import dataclasses
+
     from searchlab.tabular.build import _versions
     from searchlab.tabular.table import Table
 
-    assert Table.load(_SHIPPED).cpu_vendor == kernels.REFERENCE_VENDOR == "AuthenticAMD"
+    shipped = Table.load(_SHIPPED)
+    assert "cpu_vendor" not in shipped.meta["versions"]
+    assert shipped.cpu_vendor == "AuthenticAMD"         # results/table/README.md
+    copy = dataclasses.replace(shipped, path=tmp_path / "other.json.gz")
+    assert copy.cpu_vendor == ""
+    versions = {**shipped.meta["versions"], "cpu_vendor": "GenuineIntel"}
+    assert dataclasses.replace(shipped, meta={**shipped.meta, "versions": versions}).cpu_vendor \
+        == "GenuineIntel"
     assert _versions()["cpu_vendor"] == kernels.cpu_vendor()
-    if sys.platform.startswith("linux"):
+    if kernels.cpu_vendor():                            # x86 Linux: /proc/cpuinfo names it
         assert f"vendor_id\t: {kernels.cpu_vendor()}" in Path("/proc/cpuinfo").read_text()
 
 

@@ -11,7 +11,7 @@ once (PowerSign: one).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Container, Sequence
 
 import torch
 from torch import Tensor
@@ -69,7 +69,9 @@ class Session:
         if buf is not None:
             self._free.append(buf)
 
-    def collect(self, live: set[int]) -> None:
+    def collect(self, live: Container[int]) -> None:
+        """Free every taken buffer whose ``id(views)`` is not in ``live`` (the ids of the
+        tensor lists that live values still hold)."""
         for key in [k for k in self._taken if k not in live]:
             self._free.append(self._taken.pop(key))
 

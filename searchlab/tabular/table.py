@@ -58,6 +58,8 @@ TABLE_FORMAT = 1
 #: the table shipped with searchlab (searchlab/tabular/data/<name>.json.gz)
 DEFAULT_TABLE = "mnist1d-tabular"
 TABLE_DIR = Path(__file__).resolve().parent / "data"
+#: the shipped table, built before tables recorded their CPU vendor (Table.cpu_vendor)
+_SHIPPED_FILE = TABLE_DIR / f"{DEFAULT_TABLE}.json.gz"
 REBUILD_HINT = ("rebuild it with `searchlab table build` then `searchlab table export` "
                 "(README, \"The tabular benchmark\"), or restore the file from the repository")
 
@@ -219,11 +221,15 @@ class Table:
 
     @property
     def cpu_vendor(self) -> str:
-        """The CPU vendor of the machines that computed the table's rewards (its
-        ``versions`` record it since the field was added; the shipped mnist1d table, built
-        before, was computed on AMD EPYC machines: results/table/README.md). Fresh
+        """The CPU vendor of the machines that computed the table's rewards, as its
+        ``versions`` record it (``""``: not known). The shipped mnist1d table was built
+        before the field existed, on AMD EPYC machines (results/table/README.md). Fresh
         evaluations on another vendor's CPU round differently (:mod:`searchlab.kernels`)."""
-        return str(self.meta.get("versions", {}).get("cpu_vendor") or kernels.REFERENCE_VENDOR)
+        versions = self.meta.get("versions", {})
+        if "cpu_vendor" in versions:
+            return str(versions["cpu_vendor"])
+        shipped = self.path is not None and self.path.resolve() == _SHIPPED_FILE.resolve()
+        return kernels.REFERENCE_VENDOR if shipped and self.name == DEFAULT_TABLE else ""
 
     # --- lookups ---------------------------------------------------------------------
     def lookup(self, rule: Rule) -> Row | str:
