@@ -554,12 +554,19 @@ def run_comparison(cfg: Config, *, out: str | os.PathLike[str] | None = None,
                 tell(f"resume: {label} seed {seed}: extending {rec.unique} -> {cfg.budget} "
                      "unique evaluations")
             todo.append((label, sc, seed, sub))
+    total = len(seeds) * len(choices)
+    if len(todo) < total:
+        tell(f"resume: {total - len(todo)} of {total} searches done before, "
+             f"{len(todo)} to run")
+    at_once = min(parallel_searches(cfg), len(todo))
+    if at_once > 1:
+        tell(f"{len(todo)} searches, {at_once} at once (searches=1: one at a time)")
     folder.mkdir(parents=True, exist_ok=True)
     write_manifest(folder, {"strategies": [lab for lab, _ in choices], "seeds": seeds,
                             "experiment": name, "config": cfg.model_dump(mode="json")})
     bar = CompareProgress(len(todo), cfg.budget, quiet=cfg.quiet)
     try:
-        if parallel_searches(cfg) > 1 and len(todo) > 1:
+        if at_once > 1:
             _run_searches_in_parallel(cfg, todo, name, bar)
             runs.extend(load_search(sub, label=label, seed=seed) for label, _, seed, sub in todo)
         else:

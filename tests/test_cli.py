@@ -124,7 +124,8 @@ def test_compare_resume_skips_finished_runs(compared, capsys):
                "batch_size=5", f"run_dir={tmp / 'runs'}", f"out={out}", "resume=true",
                "tracking=none", *TOY])
     assert rc == 0
-    assert capsys.readouterr().err.count("already finished") == 4
+    err = capsys.readouterr().err
+    assert err.count("already finished") == 4 and "4 of 4 searches done before, 0 to run" in err
 
 
 # --- search + export ------------------------------------------------------------------------

@@ -225,8 +225,23 @@ def test_parallel_searches_equal_serial_ones_and_log_to_mlflow(mini: tuple[Path,
                                  f"run_dir={tmp_path / 'r2'}", "tracking.experiment=par"],
                          capture_output=True, text=True)
     assert one.returncode == 0 and two.returncode == 0, (one.stderr[-1500:], two.stderr[-1500:])
-    assert "2 at once" in two.stderr and "at once" not in one.stderr
+    assert "6 searches, 2 at once" in two.stderr and "at once" not in one.stderr
     assert _rewards(tmp_path / "one") == _rewards(tmp_path / "two")
+    # resumed with one search missing: the count says what is left, and one left runs alone
+    import shutil
+
+    saved = tmp_path / "random-s0"
+    shutil.copytree(tmp_path / "two" / "runs" / "random-s0", saved)
+    shutil.rmtree(tmp_path / "two" / "runs" / "random-s0")
+    again = subprocess.run(base + ["searches=2", "tracking=none", f"out={tmp_path / 'two'}",
+                                   f"run_dir={tmp_path / 'r3'}", "resume=true"],
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-1500:]
+    assert "5 of 6 searches done before, 1 to run" in again.stderr
+    assert "at once" not in again.stderr
+    assert _rewards(tmp_path / "two") == _rewards(tmp_path / "one")
+    shutil.rmtree(tmp_path / "two" / "runs" / "random-s0")
+    shutil.copytree(saved, tmp_path / "two" / "runs" / "random-s0")   # for the MLflow checks
     summary = (tmp_path / "two" / "summary.md").read_text()
     assert "Adam" in summary and "probability of improvement" in summary.lower()
     assert (tmp_path / "two" / "report.html").is_file()

@@ -44,7 +44,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..app import (task_label, check_comparison, comparison_name, log_comparison,
-                       parallel_searches, reference_section, report_source, run_comparison)
+                       reference_section, report_source, run_comparison)
     from ..config import ConfigError, strategy_choices
     from ..mlflow_tracker import TrackingError, check_tracking_uri, resolve_tracking_uri
     from ..report.comparison import write_report
@@ -75,10 +75,8 @@ def run(args: argparse.Namespace) -> int:
             cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(
                 update={"experiment": experiment})})
             n = len(strategy_choices(cfg)) * len(cfg.seeds or (cfg.seed,))
-            k = min(parallel_searches(cfg), n)
             say(f"compare: {n} searches of {cfg.budget} unique evaluations on "
-                f"{task_label(cfg)} (experiment {experiment!r})"
-                + (f", {k} at once (searches=1: one at a time)" if k > 1 else ""))
+                f"{task_label(cfg)} (experiment {experiment!r})")
             folder, files, runs = run_comparison(cfg, echo=say)
         tracker = log_comparison(cfg, experiment, files, runs)
     except (TrackingError, ConfigError) as e:
