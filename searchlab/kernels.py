@@ -170,7 +170,8 @@ def check() -> str:
         _warned_openblas.append(True)
         warnings.warn(
             "numpy was imported before searchlab (import torch imports it), so OpenBLAS chose "
-            "its AVX-512 kernels before searchlab set OPENBLAS_CORETYPE=Haswell: in this "
+            "its own kernels for this AVX-512 CPU before searchlab set "
+            "OPENBLAS_CORETYPE=Haswell: in this "
             "process the problem tasks' instances (the ensemble's rotated bowl is numpy's "
             "QR) differ from those of worker processes and of other machines, and so do "
             "their rewards. Import searchlab before torch and numpy, or set "
