@@ -48,7 +48,8 @@ shipped table and the project's recorded numbers were computed on.
 searchlab gets OpenBLAS's own kernels in that process, while its worker processes start
 with the variable set. Measured on the Intel Xeon: ensemble rewards differed between the
 calling process and its workers, in the last digits for most rules and by up to 0.018
-for one. :func:`check` warns about it on CPUs with AVX-512. MKL read a
+for one. :func:`check` warns about it on CPUs with AVX-512 (for evaluators of problem tasks:
+MNIST-1D's data are the same under either kernel choice). MKL read a
 ``MKL_ENABLE_INSTRUCTIONS`` set after ``import torch`` (but before any MKL call) as one set
 before Python started: the same output hashes, measured once on that machine.
 
@@ -151,9 +152,10 @@ def current() -> str:
     return str(torch.backends.cpu.get_cpu_capability())
 
 
-def check() -> str:
+def check(openblas: bool = False) -> str:
     """The kernels in use; warns once if they are not the ones asked for (torch ran an op
-    before ``import searchlab`` set the pin), and once if numpy (OpenBLAS) was imported
+    before ``import searchlab`` set the pin), and, with ``openblas`` (the caller's numbers
+    go through numpy's OpenBLAS: the problem tasks' instances), once if numpy was imported
     before searchlab set ``OPENBLAS_CORETYPE`` on a CPU with AVX-512."""
     now = current()
     want = wanted()
@@ -166,7 +168,7 @@ def check() -> str:
             "or this CPU or torch build cannot run them. Rewards here can differ in "
             "rounding from other processes, the reward cache and other machines "
             "(searchlab.kernels).", RuntimeWarning, stacklevel=3)
-    if _late_openblas and not _warned_openblas and "avx512f" in _cpu_flags():
+    if openblas and _late_openblas and not _warned_openblas and "avx512f" in _cpu_flags():
         _warned_openblas.append(True)
         warnings.warn(
             "numpy was imported before searchlab (import torch imports it), so OpenBLAS chose "

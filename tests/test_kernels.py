@@ -146,6 +146,9 @@ def test_importing_torch_first_leaves_openblas_uncapped_and_warns_where_that_mat
     assert "OPENBLAS_CORETYPE" not in capped.stderr + preset.stderr
     assert ("numpy was imported before searchlab" in late.stderr) == matters, late.stderr
     assert preset.stdout == capped.stdout          # set before Python: the same reward
+    mnist = _run("import warnings; warnings.simplefilter('always')\nimport torch, searchlab\n"
+                 "from searchlab.evaluation import Evaluator\nEvaluator('mnist1d', 'fast')")
+    assert mnist.returncode == 0 and "numpy was imported" not in mnist.stderr  # no OpenBLAS there
     if matters and kernels.cpu_vendor() == "GenuineIntel":
         # measured on an Intel Xeon with AVX-512: ...853 capped against ...847
         assert late.stdout != capped.stdout

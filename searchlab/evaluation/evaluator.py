@@ -132,7 +132,7 @@ class Evaluator:
         self.trainings = 0
         tune_malloc()
         self._set_threads()
-        kernels.check()
+        kernels.check(openblas=isinstance(self.task, ProblemTask))
 
     def _set_threads(self) -> None:
         n = self.task_threads
@@ -171,7 +171,7 @@ class Evaluator:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         tune_malloc()  # a worker process's own allocator
-        kernels.check()  # and its own CPU kernels
+        kernels.check(openblas=isinstance(self.task, ProblemTask))  # and its own CPU kernels
 
     # --- steps -----------------------------------------------------------------------
     def load(self) -> None:
