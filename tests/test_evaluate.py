@@ -240,9 +240,10 @@ def test_sequential_path_equals_a_plain_torch_loop() -> None:
                 logits = net.forward(x[i * bs:(i + 1) * bs], train=True)[0]
                 F.cross_entropy(logits, y[i * bs:(i + 1) * bs]).backward()
                 opt.step()
-            with torch.no_grad():
-                pred = torch.cat([net.forward(s.val_x[lo:lo + 100], train=False)[0].argmax(1)
-                                  for lo in range(0, len(s.val_y), 100)])
+            with torch.no_grad():   # in the evaluator's chunks (as many rows per product)
+                step = ev.task.eval_rows
+                pred = torch.cat([net.forward(s.val_x[lo:lo + step], train=False)[0].argmax(1)
+                                  for lo in range(0, len(s.val_y), step)])
                 accs.append(int((pred == s.val_y).sum()) / len(s.val_y))
         return accs
 
