@@ -115,6 +115,7 @@ class RewardCache:
         self.puts = 0
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
+        self._noted_pid = -1          # the process that recorded its vendor in this file
         self._lock = threading.Lock()
 
     # --- connection (one per process; a pickled cache reopens its file) ---------------
@@ -242,18 +243,23 @@ class RewardCache:
         data = dumps_result(result.with_(cached=False))
         with self._lock:
             db = self._db()
-            # the first put into a file written before vendors were recorded marks its
-            # rows as of an unrecorded vendor, so that they are not taken for this one's
-            db.execute("INSERT OR IGNORE INTO meta SELECT ?, '1' WHERE NOT EXISTS (SELECT 1 "
-                       "FROM meta WHERE name LIKE ?) AND EXISTS (SELECT 1 FROM results)",
-                       (_VENDOR_PREFIX + UNRECORDED, _VENDOR_PREFIX + "%"))
+            note = self._noted_pid != os.getpid()    # once per process: the vendor's row
+            if note:
+                # the first put into a file written before vendors were recorded marks its
+                # rows as of an unrecorded vendor, so that they are not taken for this one's
+                db.execute("INSERT OR IGNORE INTO meta SELECT ?, '1' WHERE NOT EXISTS (SELECT "
+                           "1 FROM meta WHERE name LIKE ?) AND EXISTS (SELECT 1 FROM results)",
+                           (_VENDOR_PREFIX + UNRECORDED, _VENDOR_PREFIX + "%"))
             db.execute(
                 "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (result.fingerprint, result.task, result.fidelity, int(result.seed),
                  PROTOCOL_VERSION, result.key, result.rule, result.status,
                  float(result.reward), time.time(), data))
-            db.execute("INSERT OR IGNORE INTO meta VALUES (?, '1')", (_VENDOR_PREFIX + _vendor(),))
+            if note:
+                db.execute("INSERT OR IGNORE INTO meta VALUES (?, '1')",
+                           (_VENDOR_PREFIX + _vendor(),))
             db.commit()
+            self._noted_pid = os.getpid()
             self.puts += 1
         return True
 

@@ -90,29 +90,28 @@ _warned_openblas: list[bool] = []
 _late_openblas: list[bool] = []
 
 
-def _cpu_flags() -> set[str]:
+@functools.lru_cache(maxsize=4)
+def _cpuinfo(field: str) -> str:
+    """The value of the first ``field`` line of ``/proc/cpuinfo`` (``""`` if none, or no
+    such file). One file read per field and process."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return set()
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_vendor() -> str:
-    """This machine's CPU vendor as ``/proc/cpuinfo`` names it (``"AuthenticAMD"``,
-    ``"GenuineIntel"``), or ``""`` where there is no such file (macOS, Windows)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
+                if line.startswith(field):
                     return line.partition(":")[2].strip()
     except OSError:
         pass
     return ""
+
+
+def _cpu_flags() -> set[str]:
+    return set(_cpuinfo("flags").split())
+
+
+def cpu_vendor() -> str:
+    """This machine's CPU vendor as ``/proc/cpuinfo`` names it (``"AuthenticAMD"``,
+    ``"GenuineIntel"``), or ``""`` where there is no such file (macOS, Windows)."""
+    return _cpuinfo("vendor_id")
 
 
 def can_pin() -> bool:

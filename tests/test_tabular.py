@@ -391,9 +391,10 @@ def _shipped_vendor() -> str:
     return Table.load(_SHIPPED).cpu_vendor if _SHIPPED.is_file() else ""
 
 
+_SHIPPED_VENDOR = _shipped_vendor()
 _OTHER_VENDOR = pytest.mark.skipif(
-    _SHIPPED.is_file() and kernels.cpu_vendor() != _shipped_vendor(),
-    reason=f"the shipped table was computed on {_shipped_vendor() or '?'} CPUs and this is "
+    _SHIPPED.is_file() and kernels.cpu_vendor() != _SHIPPED_VENDOR,
+    reason=f"the shipped table was computed on {_SHIPPED_VENDOR or '?'} CPUs and this is "
            f"{kernels.cpu_vendor() or 'an unknown vendor'}'s: MKL's vendor-specific kernels "
            "round differently (BENCHMARKS.md, 'Intel CPUs')")
 

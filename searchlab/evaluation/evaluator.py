@@ -132,6 +132,10 @@ class Evaluator:
         self.trainings = 0
         tune_malloc()
         self._set_threads()
+        self._check_kernels()
+
+    def _check_kernels(self) -> None:
+        # a problem task's instance goes through numpy's OpenBLAS (its kernels matter)
         kernels.check(openblas=isinstance(self.task, ProblemTask))
 
     def _set_threads(self) -> None:
@@ -171,7 +175,7 @@ class Evaluator:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         tune_malloc()  # a worker process's own allocator
-        kernels.check(openblas=isinstance(self.task, ProblemTask))  # and its own CPU kernels
+        self._check_kernels()  # and its own CPU kernels
 
     # --- steps -----------------------------------------------------------------------
     def load(self) -> None:

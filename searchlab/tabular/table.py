@@ -229,7 +229,7 @@ class Table:
         if "cpu_vendor" in versions:
             return str(versions["cpu_vendor"])
         shipped = self.path is not None and self.path.resolve() == _SHIPPED_FILE.resolve()
-        return kernels.REFERENCE_VENDOR if shipped and self.name == DEFAULT_TABLE else ""
+        return kernels.REFERENCE_VENDOR if shipped else ""
 
     # --- lookups ---------------------------------------------------------------------
     def lookup(self, rule: Rule) -> Row | str:
