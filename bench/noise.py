@@ -1,6 +1,6 @@
 """Reward noise: 8 reference rules x 6 evaluation seeds, 1 and 2 torch threads, per fidelity.
 
-    .venv/bin/python bench/noise.py                                   # compare and fast, 1 and 2 threads
+    .venv/bin/python bench/noise.py                                   # averaged, compare, fast; 1 and 2 threads
     .venv/bin/python bench/noise.py --fidelities "compare;fast" --out noise.jsonl
     .venv/bin/python bench/noise.py --report noise.jsonl              # the tables only
 
@@ -190,9 +190,9 @@ def _paired_cpu(rows: list[dict[str, Any]], f: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--fidelities", default="compare;fast",
+    ap.add_argument("--fidelities", default="averaged;compare;fast",
                     help="fidelities separated by ';' (names or overrides such as "
-                         "'fast+final_epochs=5,final_copies=2'), default 'compare;fast'")
+                         "'fast+final_epochs=5,final_copies=2'), default 'averaged;compare;fast'")
     ap.add_argument("--baseline", default="fast", help="the fidelity CPU ratios refer to")
     ap.add_argument("--seeds", type=int, default=6, help="evaluation seeds 0..N-1 (default 6)")
     ap.add_argument("--thread-counts", default="1,2", help="torch thread settings (default 1,2)")

@@ -57,6 +57,28 @@ def test_compare_is_registered_with_its_own_key_and_config() -> None:
     assert (compare.lrs, compare.problem_steps) == (fast.lrs, fast.problem_steps)
 
 
+def test_averaged_is_compare_with_a_later_selection_and_a_two_epoch_average() -> None:
+    """The default protocol, as documented (fidelity.py, BENCHMARKS.md): compare's fields
+    with select_epochs=3 and average_steps=80; on mnist1d its reward window is the last 80
+    steps (2 epochs of 40), its final run continues the sweep run (the windows stay clear
+    of the sweep), and it scores exactly what the equivalent compare override scores."""
+    from searchlab.config import CONFIG_DIR, Config
+
+    avg, compare = get_fidelity("averaged"), get_fidelity("compare")
+    assert avg.key == "averaged" and (CONFIG_DIR / "fidelity" / "averaged.yaml").is_file()
+    assert Config().fidelity.name == "averaged"
+    differ = {f.name for f in fields(avg)
+              if f.name not in ("name", "base", "doc") and getattr(avg, f.name) != getattr(compare, f.name)}
+    assert differ == {"select_epochs", "average_steps"}
+    assert (avg.select_epochs, avg.average_steps) == (3, 80)
+    r = Evaluator("mnist1d", "averaged").evaluate("m", seed=2, use_cache=False)
+    assert r.status == "ok" and r.fidelity == "averaged"
+    assert r.extra["averaged_steps"] == 80 and r.extra["continued"] is True
+    same = Evaluator("mnist1d", "compare+select_epochs=3,average_steps=80").evaluate(
+        "m", seed=2, use_cache=False)
+    assert same.reward == r.reward and same.best_lr == r.best_lr
+
+
 def test_new_fields_are_part_of_the_protocol_key() -> None:
     for k, v in {"bn_examples": 500, "final_lrs": 2, "select_epochs": 1, "final_copies": 3}.items():
         f = get_fidelity(f"fast+{k}={v}")
