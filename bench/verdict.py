@@ -20,6 +20,11 @@ cores, so it is resumable at every level:
     .venv/bin/python bench/verdict.py export                        # before the session ends
     .venv/bin/python bench/verdict.py restore                       # on a new checkout
     .venv/bin/python bench/verdict.py run --seeds 10 --budget 300   # the full verdict
+
+``--fidelity averaged`` (before the command) does the same for the verdict at today's
+default fidelity (``configs/experiment/verdict-averaged.yaml``, ``runs/verdict-averaged``,
+``results/verdict-averaged``); the default, ``compare``, is the verdict that finished at
+the fidelity that was the default then.
 """
 
 from __future__ import annotations
@@ -36,14 +41,29 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "runs" / "verdict"
-STORE = ROOT / "runs" / "verdict-store"
-EXPORT = ROOT / "results" / "verdict"
+
+#: fidelity -> (experiment config, run name): the verdict at ``compare`` (finished, the
+#: default when it ran) and at ``averaged`` (today's default)
+PROTOCOLS = {"compare": ("experiment/verdict", "verdict"),
+             "averaged": ("experiment/verdict-averaged", "verdict-averaged")}
+CONFIG, _NAME = PROTOCOLS["compare"]
+OUT = ROOT / "runs" / _NAME
+STORE = ROOT / "runs" / f"{_NAME}-store"
+EXPORT = ROOT / "results" / _NAME
 CACHE = STORE / "cache" / "rewards.sqlite"
 
 
+def use(fidelity: str) -> None:
+    """Point the commands at the verdict of ``fidelity`` (its config, run and export
+    folders)."""
+    global CONFIG, OUT, STORE, EXPORT, CACHE
+    CONFIG, name = PROTOCOLS[fidelity]
+    OUT, STORE, EXPORT = ROOT / "runs" / name, ROOT / "runs" / f"{name}-store", ROOT / "results" / name
+    CACHE = STORE / "cache" / "rewards.sqlite"
+
+
 def run(seeds: int, budget: int, workers: int) -> int:
-    cmd = [str(ROOT / ".venv" / "bin" / "searchlab"), "compare", "config=experiment/verdict",
+    cmd = [str(ROOT / ".venv" / "bin" / "searchlab"), "compare", f"config={CONFIG}",
            f"out={OUT}", f"run_dir={STORE}", "resume=true", f"seeds={seeds}",
            f"budget={budget}", f"workers={workers}", "quiet=true"]
     print("$", " ".join(cmd), flush=True)
@@ -63,7 +83,7 @@ def report(seeds: int) -> int:
     from searchlab.report.comparison import write_report
     from searchlab.runfiles import load_runs
 
-    cfg = load_config(["config=experiment/verdict", f"run_dir={STORE}", f"out={OUT}",
+    cfg = load_config([f"config={CONFIG}", f"run_dir={STORE}", f"out={OUT}",
                        f"seeds={seeds}"])
     runs = load_runs(OUT)
     labels = list(dict.fromkeys(r.label for r in runs))
@@ -109,11 +129,13 @@ def export() -> int:
     import torch
 
     import searchlab
+    from searchlab.kernels import cpu_vendor
 
     finished = sorted(p.parent.name for p in OUT.glob("runs/*/results.json"))
     (EXPORT / "VERSIONS.json").write_text(json.dumps({
         "searchlab": searchlab.__version__, "torch": torch.__version__,
         "python": platform.python_version(), "machine": platform.machine(),
+        "cpu_vendor": cpu_vendor(),
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True,
                                  capture_output=True).stdout.strip(),
         "exported": time.strftime("%Y-%m-%d %H:%M:%S"), "finished_searches": finished},
@@ -137,14 +159,19 @@ def restore() -> int:
     from searchlab.kernels import REFERENCE_VENDOR
 
     cache = RewardCache(CACHE)
-    cache.note_vendor(REFERENCE_VENDOR)     # made on AMD EPYC machines (BENCHMARKS.md)
+    if CONFIG == PROTOCOLS["compare"][0]:
+        # made on AMD EPYC machines before caches recorded vendors (BENCHMARKS.md)
+        cache.note_vendor(REFERENCE_VENDOR)
+    print(f"restored {CACHE} (rewards computed on {', '.join(sorted(cache.vendors()))} CPUs)")
     cache.close()
-    print(f"restored {CACHE} (rewards computed on {REFERENCE_VENDOR} CPUs)")
     return 0
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fidelity", choices=sorted(PROTOCOLS), default="compare",
+                   help="which verdict: at compare (finished) or at averaged (the default "
+                        "fidelity now)")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("--seeds", type=int, default=10)
@@ -155,6 +182,7 @@ def main() -> int:
     sub.add_parser("export")
     sub.add_parser("restore")
     a = p.parse_args()
+    use(a.fidelity)
     if a.cmd == "run":
         return run(a.seeds, a.budget, a.workers)
     if a.cmd == "report":
