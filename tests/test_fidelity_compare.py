@@ -375,11 +375,12 @@ def test_bn_refresh_changes_validation_only() -> None:
 
 
 # --- problem tasks ---------------------------------------------------------------------------
+@pytest.mark.parametrize("fidelity", ["compare", "averaged"])
 @pytest.mark.parametrize("task", ["rosenbrock", "ensemble"])
-def test_problem_tasks_score_the_same_at_compare_and_fast(task: str) -> None:
-    a = Evaluator(task, "compare").evaluate("adam", seed=1, use_cache=False)
+def test_problem_tasks_score_the_same_at_compare_and_fast(task: str, fidelity: str) -> None:
+    a = Evaluator(task, fidelity).evaluate("adam", seed=1, use_cache=False)
     b = Evaluator(task, "fast").evaluate("adam", seed=1, use_cache=False)
-    assert a.status == b.status == "ok" and a.fidelity == "compare"
+    assert a.status == b.status == "ok" and a.fidelity == fidelity
     assert (a.reward, a.best_lr, a.sweep) == (b.reward, b.best_lr, b.sweep)
 
 

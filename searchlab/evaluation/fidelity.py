@@ -26,8 +26,8 @@ smoke      1e-3, 1e-2, 1e-1   1 ep x 1000   2 ep x 1000   500         100    100
 ``averaged``, the default of ``search`` and ``compare``, is ``compare`` with the selection
 between its two final lrs made after 3 of the 6 final epochs (``select_epochs=3``) and the
 reward (and the selection) taken from the mean of the weights of the last 80 steps, two
-epochs (``average_steps=80``, below).  Measured over 6 seeds on the 8 reference rules
-(BENCHMARKS.md, "Reward noise and the comparison fidelity"): a standard deviation of
+epochs (``average_steps=80``, below).  Measured over 6 seeds on the 8 reference rules on
+an Intel Xeon (BENCHMARKS.md, "Reward noise and the comparison fidelity"): a standard deviation of
 0.008 (median) and 0.019 (max) at ~1.85x the CPU time of ``fast``; ``compare`` gave 0.013
 and 0.084 on the same machine, its max from SGD's lr selection flipping after 2 epochs.
 
@@ -69,7 +69,7 @@ not do it (``Evaluator.max_batch`` is then 1 on classification tasks).
 
 Problem tasks (``rosenbrock``, ``ensemble``) run ``problem_steps`` steps per lr (paper
 6.1 ran Rosenbrock for 4,000 iterations) and use only ``lrs`` and ``problem_steps``
-(``compare`` scores them exactly as ``fast`` does).
+(``compare`` and ``averaged`` score them exactly as ``fast`` does).
 
 When the final run would replay the sweep run of the best lr exactly (same examples and
 batch size, no decay operand, whose schedule depends on the run's length), the evaluator
