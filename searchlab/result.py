@@ -48,7 +48,9 @@ class Result:
     val_acc: float | None = None
     tokens: tuple[str, ...] = ()
     fingerprint: str = ""
-    cached: bool = False           # served from the cache, no training happened
+    cached: bool = False           # no training happened: a reward-cache hit or a repeat
+    repeat: bool = False           # a rule this search had already evaluated, answered from
+                                   # its memory (spends no budget; a cache hit is not a repeat)
     message: str = ""              # why a non-ok status happened (traceback for errors)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 

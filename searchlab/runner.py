@@ -383,8 +383,10 @@ class _Search:
 
     @staticmethod
     def _repeat(first: Result, rule: Rule) -> Result:
-        """A repeat is answered with the first result of its key, marked ``cached``."""
+        """A repeat is answered with the first result of its key, marked ``repeat`` (and
+        ``cached``: nothing trained)."""
         return first.with_(rule=rule.text, tokens=_tokens(rule) or first.tokens, cached=True,
+                           repeat=True,
                            extra={**first.extra, "repeat_of": first.extra.get("sample")})
 
 

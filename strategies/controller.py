@@ -27,9 +27,9 @@ Episodes are buffered: ``tell`` appends the rules of the last ``ask`` and runs o
 whenever ``batch_size`` episodes are buffered, whatever ``n`` the runner asks for.
 
 Repeats.  The runner answers a rule whose canonical key it has already evaluated from
-memory, without spending budget (``Result.cached``).  With ``repeats="learn"`` (paper
-preset) a repeat is an ordinary sample with its remembered reward.  With
-``repeats="floor"`` (tuned presets) it scores ``FLOOR_REWARD``: a sample that spends no
+memory, without spending budget (``Result.repeat``; a reward-cache hit is a unique
+evaluation, not a repeat).  With ``repeats="learn"`` (paper preset) a repeat is an
+ordinary sample with its remembered reward.  With ``repeats="floor"`` (tuned presets) it scores ``FLOOR_REWARD``: a sample that spends no
 budget cannot improve the search, so the controller is pushed towards rules it has not
 tried yet.  On the toy objective at 200 unique evaluations the "learn" setting with a
 useful learning rate collapsed onto a few rules and stalled (the runner's stall limit) in
@@ -292,7 +292,7 @@ class _ControllerStrategy(Strategy):
         if len(results) != tokens.shape[0]:
             raise ValueError(f"tell() got {len(results)} results for {tokens.shape[0]} asked rules")
         floor_repeats = self.config.repeats == "floor"
-        rewards = torch.tensor([FLOOR_REWARD if (floor_repeats and r.cached) else _reward(r)
+        rewards = torch.tensor([FLOOR_REWARD if (floor_repeats and r.repeat) else _reward(r)
                                 for r in results], dtype=torch.float64)
         self._pending = None
         for i in range(tokens.shape[0]):

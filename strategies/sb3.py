@@ -187,7 +187,7 @@ class _TrainingReward(gym.Wrapper):
                 reward = self._invalid(int(info["position"]))
             else:
                 self.stats["invalid_streak"] = 0
-                if result is not None and result.cached:
+                if result is not None and result.repeat:
                     self.stats["repeats"] += 1
                     if self.repeats == "floor":
                         reward = float(FLOOR_REWARD)

@@ -296,21 +296,24 @@ def test_failed_and_nan_results_count_as_floor(name):
 
 
 def test_repeats_policy():
-    """``repeats="floor"``: a cached result trains like a FLOOR_REWARD sample;
-    ``repeats="learn"`` (paper): like a fresh one with the same reward."""
-    def trained(repeats, cached, reward):
+    """``repeats="floor"``: a repeat (the runner's ``repeat=True``) trains like a FLOOR_REWARD
+    sample; ``repeats="learn"`` (paper): like a fresh one with the same reward.  A
+    reward-cache hit (``cached=True`` alone) is a fresh sample under both policies."""
+    def trained(repeats, reward, **marks):
         s = build("nos-ppo", seed=5, batch_size=3, repeats=repeats)
         rules = s.ask(3)
         s.tell([result(rules[0], 0.2), result(rules[1], 0.4),
-                result(rules[2], reward, cached=cached)])
+                result(rules[2], reward, **marks)])
         return [p.detach().clone() for p in s.policy.parameters()]
 
     def same(x, y):
         return all(torch.equal(a, b) for a, b in zip(x, y))
 
-    assert same(trained("floor", True, 0.9), trained("floor", False, FLOOR_REWARD))
-    assert not same(trained("floor", True, 0.9), trained("floor", False, 0.9))
-    assert same(trained("learn", True, 0.9), trained("learn", False, 0.9))
+    repeat = {"cached": True, "repeat": True}
+    assert same(trained("floor", 0.9, **repeat), trained("floor", FLOOR_REWARD))
+    assert not same(trained("floor", 0.9, **repeat), trained("floor", 0.9))
+    assert same(trained("learn", 0.9, **repeat), trained("learn", 0.9))
+    assert same(trained("floor", 0.9, cached=True), trained("floor", 0.9))    # a cache hit
     assert PRESETS["nos-ppo"]["paper"].repeats == "learn"
     assert PRESETS["nos-ppo"]["tuned"].repeats == "floor"
 

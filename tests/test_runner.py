@@ -132,6 +132,7 @@ def test_repeats_cost_no_budget_and_are_answered_from_memory():
     assert [r.rule for r in told] == [r.text for r in asked]
     assert [r.key for r in told] == [r.key for r in asked]
     assert [r.cached for r in told] == [False, True, True, False, True, False, False]
+    assert [r.repeat for r in told] == [False, True, True, False, True, False, False]
     assert told[1].reward == told[0].reward and told[1].extra["repeat_of"] == 0
 
 

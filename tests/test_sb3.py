@@ -135,12 +135,14 @@ def test_other_algorithms_run(algo):
 
 
 # --- the training reward (unit level) --------------------------------------------------
-def make_wrapped(invalid_reward="progress", repeats="floor", cached=False, reward=0.7):
+def make_wrapped(invalid_reward="progress", repeats="floor", cached=False, repeat=False,
+                 reward=0.7):
     calls: list[Rule] = []
 
     def evaluate(rules):
         calls.extend(rules)
-        return [Result(rule=r.text, key=r.key, reward=reward, cached=cached) for r in rules]
+        return [Result(rule=r.text, key=r.key, reward=reward, cached=cached, repeat=repeat)
+                for r in rules]
 
     env = gym.make(envs.ENV_ID, space=SMALL, evaluate=evaluate, disable_env_checker=True)
     stats = {"steps": 0, "episodes": 0, "invalid": 0, "invalid_streak": 0, "repeats": 0}
@@ -167,11 +169,12 @@ def test_invalid_token_reward_policy(policy, expected):
     assert stats["invalid"] == 1 and stats["episodes"] == 1
 
 
-@pytest.mark.parametrize("repeats,cached,expected", [("floor", True, FLOOR_REWARD),
-                                                     ("floor", False, 0.7),
-                                                     ("learn", True, 0.7)])
-def test_repeats_policy(repeats, cached, expected):
-    env, calls, stats = make_wrapped(repeats=repeats, cached=cached)
+# a repeat is marked cached and repeat by the runner; a reward-cache hit only cached
+@pytest.mark.parametrize("repeats,cached,repeat,expected", [
+    ("floor", True, True, FLOOR_REWARD), ("floor", False, False, 0.7),
+    ("floor", True, False, 0.7), ("learn", True, True, 0.7)])
+def test_repeats_policy(repeats, cached, repeat, expected):
+    env, calls, stats = make_wrapped(repeats=repeats, cached=cached, repeat=repeat)
     env.reset(seed=0)
     prefix: list[str] = []
     reward, terminated = 0.0, False
@@ -180,4 +183,4 @@ def test_repeats_policy(repeats, cached, expected):
         _, reward, terminated, _, _ = env.step(a)
         prefix.append(SMALL.vocab[a])
     assert len(calls) == 1 and reward == pytest.approx(expected)
-    assert stats["repeats"] == int(cached)
+    assert stats["repeats"] == int(repeat)
