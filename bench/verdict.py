@@ -20,6 +20,7 @@ cores, so it is resumable at every level:
     .venv/bin/python bench/verdict.py export                        # before the session ends
     .venv/bin/python bench/verdict.py restore                       # on a new checkout
     .venv/bin/python bench/verdict.py run --seeds 10 --budget 300   # the full verdict
+    .venv/bin/python bench/verdict.py run --redo nos-ppo sb3        # make these searches again
 
 ``--fidelity averaged`` (before the command) does the same for the verdict at today's
 default fidelity (``configs/experiment/verdict-averaged.yaml``, ``runs/verdict-averaged``,
@@ -60,6 +61,17 @@ def use(fidelity: str) -> None:
     CONFIG, name = PROTOCOLS[fidelity]
     OUT, STORE, EXPORT = ROOT / "runs" / name, ROOT / "runs" / f"{name}-store", ROOT / "results" / name
     CACHE = STORE / "cache" / "rewards.sqlite"
+
+
+def redo(strategies: list[str]) -> None:
+    """Delete the searches of ``strategies`` (their folders under ``runs/``) so that ``run``
+    makes them again; the reward cache stays, so only rules never evaluated train.  Their
+    old MLflow runs stay in the store, beside the new ones."""
+    for name in strategies:
+        for d in sorted((OUT / "runs").glob(f"{name}-s*")):
+            if d.is_dir() and d.name[len(name) + 2:].isdigit():
+                print(f"redo: removing {d}", flush=True)
+                shutil.rmtree(d)
 
 
 def run(seeds: int, budget: int, workers: int) -> int:
@@ -177,6 +189,8 @@ def main() -> int:
     r.add_argument("--seeds", type=int, default=10)
     r.add_argument("--budget", type=int, default=300)
     r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--redo", nargs="+", default=[], metavar="STRATEGY",
+                   help="make these strategies' searches again (e.g. after a fix)")
     rp = sub.add_parser("report")
     rp.add_argument("--seeds", type=int, default=10)
     sub.add_parser("export")
@@ -184,6 +198,7 @@ def main() -> int:
     a = p.parse_args()
     use(a.fidelity)
     if a.cmd == "run":
+        redo(a.redo)
         return run(a.seeds, a.budget, a.workers)
     if a.cmd == "report":
         return report(a.seeds)
