@@ -31,11 +31,11 @@ memory, without spending budget (``Result.repeat``; a reward-cache hit is a uniq
 evaluation, not a repeat).  With ``repeats="learn"`` (paper preset) a repeat is an
 ordinary sample with its remembered reward.  With ``repeats="floor"`` (tuned presets) it
 scores ``FLOOR_REWARD``: a sample that spends no budget cannot improve the search, so the
-controller is pushed towards rules it has not tried yet.  On the toy objective at 200 unique evaluations the "learn" setting with a
-useful learning rate collapsed onto a few rules and stalled (the runner's stall limit) in
-5-6 of 8 seeds; "floor" stalled in none.  It does not help once the policy is fully
-collapsed (all samples are the same repeat, all advantages 0); a too-large ``lr`` can
-still get there.
+controller is pushed towards rules it has not tried yet.  On the toy objective at 200
+unique evaluations the "learn" setting with a useful learning rate collapsed onto a few
+rules and stalled (the runner's stall limit) in 5-6 of 8 seeds; "floor" stalled in none.
+It does not help once the policy is fully collapsed (all samples are the same repeat, all
+advantages 0); a too-large ``lr`` can still get there.
 
 Presets (``preset=`` option; any other option overrides one field):
 
