@@ -22,6 +22,9 @@ cores, so it is resumable at every level:
     .venv/bin/python bench/verdict.py run --seeds 10 --budget 300   # the full verdict
     .venv/bin/python bench/verdict.py run --redo nos-ppo sb3        # make these searches again
 
+``run`` refuses (exit 2) when the reward cache holds another CPU vendor's rewards than
+this machine's, since a verdict should not mix them (``--mixed-vendors`` overrides).
+
 ``--fidelity averaged`` (before the command) does the same for the verdict at today's
 default fidelity (``configs/experiment/verdict-averaged.yaml``, ``runs/verdict-averaged``,
 ``results/verdict-averaged``); the default, ``compare``, is the verdict that finished at
@@ -72,6 +75,30 @@ def redo(strategies: list[str]) -> None:
             if d.is_dir() and d.name[len(name) + 2:].isdigit():
                 print(f"redo: removing {d}", flush=True)
                 shutil.rmtree(d)
+
+
+def vendor_mismatch() -> str | None:
+    """Why this machine should not add to the verdict's reward cache, or None.
+
+    Rewards round differently between CPU vendors (BENCHMARKS.md, "Intel CPUs"): new
+    searches here would mix this machine's rewards with the cache's in one comparison."""
+    if not CACHE.is_file():
+        return None
+    from searchlab.cache import RewardCache
+    from searchlab.kernels import cpu_vendor
+
+    cache = RewardCache(CACHE)
+    try:
+        theirs = sorted(cache.vendors())
+    finally:
+        cache.close()
+    mine = cpu_vendor() or "unknown"
+    if theirs and theirs != [mine]:
+        return (f"{CACHE} holds rewards computed on {', '.join(theirs)} CPUs and this "
+                f"machine is {mine}'s: new searches would mix two vendors' rewards in one "
+                "verdict (BENCHMARKS.md, 'Intel CPUs'). Run it on a machine of the cache's "
+                "vendor, or pass --mixed-vendors to do it anyway")
+    return None
 
 
 def run(seeds: int, budget: int, workers: int) -> int:
@@ -191,6 +218,8 @@ def main() -> int:
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--redo", nargs="+", default=[], metavar="STRATEGY",
                    help="make these strategies' searches again (e.g. after a fix)")
+    r.add_argument("--mixed-vendors", action="store_true",
+                   help="run even when the reward cache holds another CPU vendor's rewards")
     rp = sub.add_parser("report")
     rp.add_argument("--seeds", type=int, default=10)
     sub.add_parser("export")
@@ -198,6 +227,10 @@ def main() -> int:
     a = p.parse_args()
     use(a.fidelity)
     if a.cmd == "run":
+        why = None if a.mixed_vendors else vendor_mismatch()
+        if why:
+            print(f"verdict.py: {why}", file=sys.stderr)
+            return 2
         redo(a.redo)
         return run(a.seeds, a.budget, a.workers)
     if a.cmd == "report":
