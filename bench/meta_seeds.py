@@ -1,0 +1,101 @@
+"""How much does a learned optimizer depend on its meta-training seed?
+
+Meta-trains one learned optimizer (default the hierarchical RNN, ``hrnn``) with several
+seeds and otherwise the settings of ``bench/learned.py`` (task ``ensemble``, 600
+meta-iterations for the hrnn), then scores each on the problem ensemble and on mnist1d at
+``fast`` with evaluation seeds 0 and 1 (validation reward and held-out test), through the
+CLI a user would run:
+
+    searchlab meta-train optimizer=hrnn task=ensemble steps=600 seed=S out=...
+    searchlab evaluate learned:... --task ensemble --seed E --test --json --no-cache
+
+Prints one row per meta-training seed and the mean, standard deviation and range over
+seeds, with Adam's reward (the rule ``adam``, same protocol) for comparison.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/meta_seeds.py --seeds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = str(ROOT / ".venv" / "bin" / "searchlab")
+TASKS = ("ensemble", "mnist1d")
+EVAL_SEEDS = (0, 1)
+
+
+def _evaluate(rule: str, task: str, seed: int) -> tuple[float, float]:
+    p = subprocess.run([CLI, "evaluate", rule, "--task", task, "--seed", str(seed), "--test",
+                        "--json", "--no-cache"], capture_output=True, text=True, cwd=ROOT)
+    if p.returncode != 0:
+        raise SystemExit(f"evaluate {rule} on {task} failed:\n{p.stderr}")
+    r = json.loads(p.stdout)
+    return float(r["reward"]), float(r["extra"]["test_reward"])
+
+
+def _scores(rule: str) -> dict[str, tuple[float, float]]:
+    """task -> (mean validation reward, mean test accuracy) over the evaluation seeds."""
+    out = {}
+    for task in TASKS:
+        vals = [_evaluate(rule, task, e) for e in EVAL_SEEDS]
+        out[task] = (statistics.mean(v for v, _ in vals), statistics.mean(t for _, t in vals))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--optimizer", default="hrnn")
+    ap.add_argument("--steps", type=int, default=600, help="meta-iterations")
+    ap.add_argument("--seeds", type=int, default=5, help="meta-training seeds 0..N-1")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "meta-seeds"))
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"# {a.optimizer}, {a.steps} meta-iterations, task ensemble; scored at fast, "
+          f"evaluation seeds {list(EVAL_SEEDS)}; load average {os.getloadavg()}", flush=True)
+    adam = _scores("adam")
+    rows = []
+    for s in range(a.seeds):
+        path = out / f"{a.optimizer}-s{s}.pt"
+        t0 = time.time()
+        if not path.is_file():
+            p = subprocess.run([CLI, "meta-train", f"optimizer={a.optimizer}", "task=ensemble",
+                                f"steps={a.steps}", f"seed={s}", f"out={path}", "tracking=none",
+                                "quiet=true"], capture_output=True, text=True, cwd=ROOT)
+            if p.returncode != 0:
+                raise SystemExit(f"meta-train seed {s} failed:\n{p.stderr}")
+        t1 = time.time()
+        rows.append(_scores(f"learned:{path}"))
+        print(f"seed {s}: meta-train {t1 - t0:.0f} s, scoring {time.time() - t1:.0f} s",
+              file=sys.stderr, flush=True)
+    head = " | ".join(f"{t} val | {t} test" for t in TASKS)
+    print(f"\n| meta-training seed | {head} |")
+    print("|---|" + "---:|" * (2 * len(TASKS)))
+    for s, r in enumerate(rows):
+        print(f"| {s} | " + " | ".join(f"{r[t][0]:.4f} | {r[t][1]:.4f}" for t in TASKS) + " |")
+    for name, f in (("mean", statistics.mean), ("std", statistics.stdev if len(rows) > 1
+                                                  else (lambda x: float("nan"))),
+                    ("min", min), ("max", max)):
+        cells = []
+        for t in TASKS:
+            for i in (0, 1):
+                cells.append(f"{f([r[t][i] for r in rows]):.4f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print("| Adam (rule `adam`) | " + " | ".join(f"{adam[t][0]:.4f} | {adam[t][1]:.4f}"
+                                                   for t in TASKS) + " |")
+    better = {t: sum(r[t][0] > adam[t][0] for r in rows) for t in TASKS}
+    print("\nseeds whose validation reward beats Adam's: "
+          + ", ".join(f"{t} {better[t]} of {len(rows)}" for t in TASKS))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
