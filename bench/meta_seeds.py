@@ -10,7 +10,9 @@ CLI a user would run:
     searchlab evaluate learned:... --task ensemble --seed E --test --json --no-cache
 
 Prints one row per meta-training seed and the mean, standard deviation and range over
-seeds, with Adam's reward (the rule ``adam``, same protocol) for comparison.
+seeds, with Adam's reward (the rule ``adam``, same protocol) for comparison.  A
+meta-trained file already in ``--out`` (named by optimizer, steps and seed) is reused, so
+a stopped run continues.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/meta_seeds.py --seeds 5
 """
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     adam = _scores("adam")
     rows = []
     for s in range(a.seeds):
-        path = out / f"{a.optimizer}-s{s}.pt"
+        path = out / f"{a.optimizer}-{a.steps}-s{s}.pt"
         t0 = time.time()
         if not path.is_file():
             p = subprocess.run([CLI, "meta-train", f"optimizer={a.optimizer}", "task=ensemble",
