@@ -83,13 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|" + "---:|" * (2 * len(TASKS)))
     for s, r in enumerate(rows):
         print(f"| {s} | " + " | ".join(f"{r[t][0]:.4f} | {r[t][1]:.4f}" for t in TASKS) + " |")
-    for name, f in (("mean", statistics.mean), ("std", statistics.stdev if len(rows) > 1
-                                                  else (lambda x: float("nan"))),
-                    ("min", min), ("max", max)):
-        cells = []
-        for t in TASKS:
-            for i in (0, 1):
-                cells.append(f"{f([r[t][i] for r in rows]):.4f}")
+    def std(x: list[float]) -> float:
+        return statistics.stdev(x) if len(x) > 1 else float("nan")
+
+    for name, f in (("mean", statistics.mean), ("std", std), ("min", min), ("max", max)):
+        cells = [f"{f([r[t][i] for r in rows]):.4f}" for t in TASKS for i in (0, 1)]
         print(f"| {name} | " + " | ".join(cells) + " |")
     print("| Adam (rule `adam`) | " + " | ".join(f"{adam[t][0]:.4f} | {adam[t][1]:.4f}"
                                                    for t in TASKS) + " |")

@@ -89,15 +89,14 @@ def vendor_mismatch() -> str | None:
 
     cache = RewardCache(CACHE)
     try:
-        theirs = sorted(cache.vendors())
+        theirs = sorted(cache.other_vendors())
     finally:
         cache.close()
-    mine = cpu_vendor() or "unknown"
-    if theirs and theirs != [mine]:
+    if theirs:
         return (f"{CACHE} holds rewards computed on {', '.join(theirs)} CPUs and this "
-                f"machine is {mine}'s: new searches would mix two vendors' rewards in one "
-                "verdict (BENCHMARKS.md, 'Intel CPUs'). Run it on a machine of the cache's "
-                "vendor, or pass --mixed-vendors to do it anyway")
+                f"machine is {cpu_vendor() or 'unknown'}'s: new searches would mix two "
+                "vendors' rewards in one verdict (BENCHMARKS.md, 'Intel CPUs'). Run it on a "
+                "machine of the cache's vendor, or pass --mixed-vendors to do it anyway")
     return None
 
 

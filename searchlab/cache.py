@@ -280,9 +280,15 @@ class RewardCache:
             db.execute("INSERT OR IGNORE INTO meta VALUES (?, '1')", (_VENDOR_PREFIX + vendor,))
             db.commit()
 
+    def other_vendors(self) -> set[str]:
+        """The vendors among :meth:`vendors` other than this machine's (:data:`UNRECORDED`
+        included when the file also has rows of an unrecorded vendor besides this
+        machine's): empty when every recorded reward is this machine's kind."""
+        return self.vendors() - {_vendor()}
+
     def _warn_other_vendors(self) -> None:
         mine, theirs = _vendor(), self.vendors()
-        if not theirs or theirs == {mine} or (self.path, mine) in _WARNED_VENDORS:
+        if not theirs - {mine} or (self.path, mine) in _WARNED_VENDORS:
             return
         _WARNED_VENDORS.add((self.path, mine))
         import warnings

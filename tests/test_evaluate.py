@@ -361,6 +361,7 @@ def test_a_cache_names_the_cpu_vendors_that_wrote_it_and_warns_about_others(tmp_
     assert cache.vendors() == set()
     cache.put(Result(**base))
     assert cache.vendors() == {mine}
+    assert cache.other_vendors() == set()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cache.check()                                   # only this machine's: no warning
@@ -370,11 +371,13 @@ def test_a_cache_names_the_cpu_vendors_that_wrote_it_and_warns_about_others(tmp_
         db.execute("INSERT INTO meta VALUES ('cpu_vendor:OtherVendorInc', '1')")
     other = RewardCache(path)
     assert other.vendors() == {"OtherVendorInc"}
+    assert other.other_vendors() == {"OtherVendorInc"}
     with pytest.warns(RuntimeWarning, match=f"OtherVendorInc CPUs, and this machine is {mine}"):
         other.check()
     assert other.get("abc", "t", "f", 0).reward == 0.5  # its rows stay readable
     other.put(Result(**{**base, "fingerprint": "new"}))
     assert other.vendors() == {"OtherVendorInc", mine}
+    assert other.other_vendors() == {"OtherVendorInc"}   # this machine's rows do not count
     other.close()
     old = tmp_path / "old.sqlite"                       # written before the record existed
     with sqlite3.connect(old) as db:
@@ -392,6 +395,7 @@ def test_a_cache_names_the_cpu_vendors_that_wrote_it_and_warns_about_others(tmp_
     assert legacy.vendors() == set()
     legacy.put(Result(**{**base, "fingerprint": "new"}))  # its old rows are not this machine's
     assert legacy.vendors() == {UNRECORDED, mine}
+    assert legacy.other_vendors() == {UNRECORDED}
     legacy.close()
     with pytest.warns(RuntimeWarning, match="unrecorded ones"):
         RewardCache(old).check()
