@@ -15,6 +15,11 @@ meta-trained file already in ``--out`` (named by optimizer, steps and seed) is r
 a stopped run continues.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/meta_seeds.py --seeds 5
+    OMP_NUM_THREADS=1 .venv/bin/python bench/meta_seeds.py --seeds 5 --set validate_every=25 --set select=best
+
+``--set KEY=VALUE`` passes more ``searchlab meta-train`` settings (here: keep the
+meta-parameters of the best meta-validation loss); the table's "saved iteration" is the
+meta-iteration whose meta-parameters each file holds.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from searchlab.learned.files import load_learned  # noqa: E402
 CLI = str(ROOT / ".venv" / "bin" / "searchlab")
 TASKS = ("ensemble", "mnist1d")
 EVAL_SEEDS = (0, 1)
@@ -58,38 +65,48 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=600, help="meta-iterations")
     ap.add_argument("--seeds", type=int, default=5, help="meta-training seeds 0..N-1")
     ap.add_argument("--out", default=str(ROOT / "runs" / "meta-seeds"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="another meta-train setting, e.g. --set validate_every=25 "
+                         "--set select=best (repeatable; part of the files' names)")
     a = ap.parse_args(argv)
+    for item in a.set:
+        if "=" not in item:
+            ap.error(f"--set {item!r}: expected KEY=VALUE")
+    tag = "".join(f"-{item.replace('=', '_')}" for item in a.set)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"# {a.optimizer}, {a.steps} meta-iterations, task ensemble; scored at fast, "
+    print(f"# {a.optimizer}, {a.steps} meta-iterations, task ensemble {' '.join(a.set)}; scored at fast, "
           f"evaluation seeds {list(EVAL_SEEDS)}; load average {os.getloadavg()}", flush=True)
     adam = _scores("adam")
-    rows = []
+    rows, chosen = [], []
     for s in range(a.seeds):
-        path = out / f"{a.optimizer}-{a.steps}-s{s}.pt"
+        path = out / f"{a.optimizer}-{a.steps}{tag}-s{s}.pt"
         t0 = time.time()
         if not path.is_file():
             p = subprocess.run([CLI, "meta-train", f"optimizer={a.optimizer}", "task=ensemble",
                                 f"steps={a.steps}", f"seed={s}", f"out={path}", "tracking=none",
-                                "quiet=true"], capture_output=True, text=True, cwd=ROOT)
+                                "quiet=true", *a.set], capture_output=True, text=True, cwd=ROOT)
             if p.returncode != 0:
                 raise SystemExit(f"meta-train seed {s} failed:\n{p.stderr}")
         t1 = time.time()
         rows.append(_scores(f"learned:{path}"))
+        meta = load_learned(path).meta
+        chosen.append(meta.get("selected_iteration", meta.get("iterations")))
         print(f"seed {s}: meta-train {t1 - t0:.0f} s, scoring {time.time() - t1:.0f} s",
               file=sys.stderr, flush=True)
     head = " | ".join(f"{t} val | {t} test" for t in TASKS)
-    print(f"\n| meta-training seed | {head} |")
-    print("|---|" + "---:|" * (2 * len(TASKS)))
+    print(f"\n| meta-training seed | saved iteration | {head} |")
+    print("|---|---:|" + "---:|" * (2 * len(TASKS)))
     for s, r in enumerate(rows):
-        print(f"| {s} | " + " | ".join(f"{r[t][0]:.4f} | {r[t][1]:.4f}" for t in TASKS) + " |")
+        print(f"| {s} | {chosen[s]} | "
+              + " | ".join(f"{r[t][0]:.4f} | {r[t][1]:.4f}" for t in TASKS) + " |")
     def std(x: list[float]) -> float:
         return statistics.stdev(x) if len(x) > 1 else float("nan")
 
     for name, f in (("mean", statistics.mean), ("std", std), ("min", min), ("max", max)):
         cells = [f"{f([r[t][i] for r in rows]):.4f}" for t in TASKS for i in (0, 1)]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    print("| Adam (rule `adam`) | " + " | ".join(f"{adam[t][0]:.4f} | {adam[t][1]:.4f}"
+        print(f"| {name} | | " + " | ".join(cells) + " |")
+    print("| Adam (rule `adam`) | | " + " | ".join(f"{adam[t][0]:.4f} | {adam[t][1]:.4f}"
                                                    for t in TASKS) + " |")
     better = {t: sum(r[t][0] > adam[t][0] for r in rows) for t in TASKS}
     print("\nseeds whose validation reward beats Adam's: "

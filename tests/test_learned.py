@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from searchlab.learned import LearnedOptimizer, MODELS, build_model, load_learned, save_learned
+from searchlab.learned.base import LearnedModel
 from searchlab.learned.distribution import RunSampler
 from searchlab.learned.metatrain import MetaTrainConfig, meta_train, unroll_loss
 
@@ -385,6 +386,110 @@ def test_meta_training_resumes_to_the_same_numbers(tmp_path) -> None:
                    resume=True)
 
 
+class _GradientStep(LearnedModel):
+    """The plainest learned optimizer: its update is the gradient (plain gradient descent
+    with each copy's step scale), or NaN with ``nan=True``."""
+
+    kind = "test-gradient-step"
+
+    def __init__(self, nan: bool = False) -> None:
+        super().__init__(nan=nan)
+        self.nan = nan
+
+    def init_state(self, params):
+        return {}
+
+    def update(self, grads, state):
+        return [g * math.nan if self.nan else g for g in grads], state
+
+
+def test_validation_score_in_closed_form() -> None:
+    """Gradient descent at step scale a on f(x) = |x|^2 / 2 shrinks the gap by (1 - a)^2
+    per step: after T steps the score is min(1, -2 T log10(1 - a) / ORDERS), averaged
+    over the copies' step scales; a run that diverges scores 0."""
+    from searchlab.learned.distribution import ProblemRun
+    from searchlab.learned.metatrain import validation_score
+    from searchlab.tasks.problems import ORDERS, Problem
+
+    bowl = Problem("bowl", 3, lambda x: 0.5 * (x * x).sum(-1),
+                   lambda x: (0.5 * (x * x).sum(-1), x.clone()), 0.0, (-1.0,) * 3, (1.0,) * 3)
+    lrs = torch.tensor([0.05, 0.3, 0.6], dtype=torch.float64)
+    x0 = torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.2, -0.1], [4.0, 1.0, 1.0]],
+                      dtype=torch.float64)
+    runs = [ProblemRun({}, (bowl,), [x0], lrs), ProblemRun({}, (bowl,), [2 * x0], lrs)]
+    T = 12
+    per_copy = [min(1.0, -2 * T * math.log10(1 - a) / ORDERS) for a in lrs.tolist()]
+    assert 0 < per_copy[0] < per_copy[1] < 1 == per_copy[2]      # unclipped and clipped
+    expected = sum(per_copy) / 3
+    assert validation_score(_GradientStep(), runs, T) == pytest.approx(expected, rel=1e-9)
+    assert validation_score(_GradientStep(nan=True), runs, T) == 0.0
+
+
+_VALIDATED = dict(optimizer="hrnn", seed=2, unroll_mean=4, unroll_min=2, unrolls_mean=1.5,
+                  meta_lr=0.05, validate_every=2, val_runs=3, val_steps=20,
+                  options=SMALL["hrnn"])
+
+
+def test_select_best_saves_the_meta_parameters_of_the_best_validation(tmp_path) -> None:
+    from searchlab.learned.metatrain import validation_runs, validation_score
+
+    cfg = MetaTrainConfig(steps=7, select="best", **_VALIDATED)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        first = build_model("hrnn", **SMALL["hrnn"]).to(torch.float64)
+    snapshots = {0: {k: v.clone() for k, v in first.state_dict().items()}}
+    saved = meta_train(cfg, tmp_path / "best.pt", on_update=lambda it, m: snapshots.update(
+        {it: {k: v.detach().clone() for k, v in m.state_dict().items()}}))
+    lo = load_learned(saved)
+    history = dict(lo.meta["val_scores"])
+    assert sorted(history) == [0, 2, 4, 6, 7]            # every 2, before the first, the last
+    runs = validation_runs(cfg)
+    for it in history:                                   # each logged value, recomputed
+        model = build_model("hrnn", **SMALL["hrnn"]).to(torch.float64)
+        model.load_state_dict(snapshots[it])
+        assert validation_score(model, runs, cfg.val_steps) == pytest.approx(history[it], abs=1e-12)
+    best = max(history, key=history.__getitem__)
+    assert lo.meta["selected_iteration"] == lo.meta["best_val_iteration"] == best
+    assert len(set(history.values())) > 1                # the meta-parameters did move
+    for k, v in lo.model.state_dict().items():
+        assert torch.equal(v, snapshots[best][k]), k
+    assert lo.meta["iterations"] == 7
+
+
+def test_validation_changes_nothing_in_the_training(tmp_path) -> None:
+    plain = {k: v for k, v in _VALIDATED.items() if not k.startswith("val")}
+    a = load_learned(meta_train(MetaTrainConfig(steps=5, **plain), tmp_path / "a.pt"))
+    b = load_learned(meta_train(MetaTrainConfig(steps=5, **_VALIDATED), tmp_path / "b.pt"))
+    assert a.meta["losses"] == b.meta["losses"] and "val_scores" not in a.meta
+    assert b.meta["selected_iteration"] == 5                  # select=last: the last one
+    for (k, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(x, y), k
+
+
+def test_validated_meta_training_resumes_to_the_same_choice(tmp_path) -> None:
+    opts = dict(_VALIDATED, select="best", checkpoint_every=2)
+    a = load_learned(meta_train(MetaTrainConfig(steps=7, **opts), tmp_path / "a.pt"))
+    meta_train(MetaTrainConfig(steps=5, **opts), tmp_path / "b.pt")
+    b = load_learned(meta_train(MetaTrainConfig(steps=7, **opts), tmp_path / "b.pt",
+                                resume=True))
+    assert a.meta["val_scores"] == b.meta["val_scores"]
+    assert a.meta["selected_iteration"] == b.meta["selected_iteration"]
+    for (k, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(x, y), k
+
+
+def test_select_best_without_validation_is_a_clear_error(capsys) -> None:
+    from searchlab.cli import main
+
+    with pytest.raises(ValueError, match="validate_every"):
+        MetaTrainConfig(select="best")
+    with pytest.raises(ValueError, match="select="):
+        MetaTrainConfig(select="first", validate_every=5)
+    assert main(["meta-train", "select=best", "steps=3", "tracking=none"]) == 2
+    err = capsys.readouterr().err
+    assert "validate_every" in err and err.count("\n") == 1
+
+
 def test_every_meta_iteration_is_logged(tmp_path) -> None:
     from searchlab.learned.tracking import build_meta_tracker
 
@@ -394,6 +499,21 @@ def test_every_meta_iteration_is_logged(tmp_path) -> None:
     assert [s for s, _ in tracker.metrics] == [1, 2, 3, 4, 5]
     assert all("meta/loss" in m and "meta/cpu_seconds" in m for _, m in tracker.metrics)
     assert tracker.tags["searchlab.role"] == "meta-train" and tracker.finished == 1
+
+
+def test_validation_scores_are_logged_and_summarised(tmp_path) -> None:
+    from searchlab.learned.tracking import build_meta_tracker
+
+    tracker = build_meta_tracker("memory")
+    meta_train(MetaTrainConfig(optimizer="lwa-b", steps=5, unroll_mean=3, validate_every=2,
+                               val_runs=2, val_steps=10, select="best"),
+               tmp_path / "m.pt", tracker=tracker)
+    val = [(s, m["meta/val_score"]) for s, m in tracker.metrics if "meta/val_score" in m]
+    assert [s for s, _ in val] == [0, 2, 4, 5]
+    assert [s for s, m in tracker.metrics if "meta/loss" in m] == [1, 2, 3, 4, 5]
+    best = max(val, key=lambda sv: sv[1])
+    assert tracker.summary["best_val_score"] == best[1]
+    assert tracker.summary["selected_iteration"] == best[0]
 
 
 @pytest.mark.slow

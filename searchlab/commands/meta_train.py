@@ -13,7 +13,11 @@ ensemble+suite=extended for Wichrowska et al.'s longer list), ``steps`` (meta-it
 ``tracking.uri``, ``run_dir`` (runs), ``quiet``; every field of
 :class:`searchlab.learned.metatrain.MetaTrainConfig` (``copies``, ``unroll_mean``,
 ``meta_lr``, ``param_noise``, ``first_order``, ...), and ``options.<name>`` for the
-model's options (``options.param_hidden=8``).
+model's options (``options.param_hidden=8``).  ``validate_every=N`` scores the model on
+a fixed meta-validation set every N meta-iterations (``val_runs``, ``val_steps``,
+``val_seed``), and ``select=best`` saves the meta-parameters that scored best there:
+
+    searchlab meta-train optimizer=hrnn steps=600 validate_every=25 select=best
 """
 
 from __future__ import annotations

@@ -25,6 +25,19 @@ of each copy).  Losses above ``1e3`` times the start are clipped (their gradient
 zero) and a non-finite unroll is skipped and its run dropped.  The meta-optimizer is Adam
 with gradient-norm clipping.
 
+*Meta-validation* (``validate_every=N``): every N meta-iterations, before the first and
+after the last, the model runs ``val_steps`` steps from the start of each of ``val_runs``
+runs of the same distribution, drawn once from ``val_seed`` (the same set for every
+training seed), with no parameter noise and fixed gradient noise, and is scored as the
+problem tasks score a run: the normalised score (orders of magnitude of gap reduction,
+0..1, 0 if it diverges), mean over runs and copies.  The score is logged
+(``meta/val_score``) and kept in the file's metadata.  ``select="best"`` saves the
+meta-parameters of the highest validation score instead of the last (early stopping: a
+meta-training that turns unstable keeps what it had found).  The score, not the
+meta-objective, is what is compared: the mean log gap rewards converging to 1e-12 on an
+easy bowl without bound, the score stops counting at :data:`~searchlab.tasks.problems.ORDERS`
+orders of magnitude, as the problem tasks' reward does.
+
 :func:`meta_train` checkpoints every ``checkpoint_every`` iterations (model, meta-optimizer,
 generator state, the current run, the MLflow run id, CPU-seconds so far) to
 ``<out>.ckpt``; with ``resume=True`` it continues from there with the same numbers as an
@@ -44,11 +57,16 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from ..tasks.base import derive_seed
+from ..tasks.problems import normalised_score
 from .base import LearnedModel
-from .distribution import RunSampler
+from .distribution import ProblemRun, RunSampler
 from .files import build_model, save_learned
 
-__all__ = ["MetaTrainConfig", "meta_train", "unroll_loss"]
+__all__ = ["MetaTrainConfig", "meta_train", "unroll_loss", "validation_runs", "validation_score"]
+
+#: what a meta-training saves: the last meta-parameters, or those of the best validation
+SELECT = ("last", "best")
 
 
 @dataclass
@@ -71,7 +89,21 @@ class MetaTrainConfig:
     rescale_prob: float = 0.2
     first_order: bool = False
     checkpoint_every: int = 25
+    validate_every: int = 0                # meta-validation every N iterations (0: never)
+    val_runs: int = 16                     # the meta-validation set: runs of the distribution
+    val_steps: int = 400                   # steps of each validation run (`fast`'s)
+    val_seed: int = 0                      # draws the validation set (not the training seed)
+    select: str = "last"                   # last | best: which meta-parameters are saved
     options: dict[str, Any] = field(default_factory=dict)   # the model's options
+
+    def __post_init__(self) -> None:
+        if self.select not in SELECT:
+            raise ValueError(f"select={self.select!r}: use one of {', '.join(SELECT)}")
+        if self.validate_every < 0 or self.val_runs < 1 or self.val_steps < 1:
+            raise ValueError("validate_every must be >= 0, val_runs and val_steps >= 1")
+        if self.select == "best" and self.validate_every == 0:
+            raise ValueError("select=best needs meta-validation: set validate_every "
+                             "(e.g. validate_every=25)")
 
     @property
     def suite(self) -> str:
@@ -131,6 +163,39 @@ def unroll_loss(model: LearnedModel, run: Any, xs: list[Tensor], state: dict, st
     return total / steps, xs, state
 
 
+def validation_runs(cfg: MetaTrainConfig) -> list[ProblemRun]:
+    """The meta-validation set: ``cfg.val_runs`` runs of the meta-training distribution
+    drawn from ``cfg.val_seed`` alone, so every training seed is validated on the same
+    runs (and the training runs' draws are not touched)."""
+    sampler = RunSampler(cfg.suite, cfg.copies, (cfg.lr_low, cfg.lr_high),
+                         cfg.multitask_prob, cfg.rescale_prob)
+    gen = torch.Generator().manual_seed(derive_seed(int(cfg.val_seed), "meta-validation"))
+    return [sampler.sample(gen) for _ in range(cfg.val_runs)]
+
+
+def validation_score(model: LearnedModel, runs: list[ProblemRun], steps: int,
+                     dtype: torch.dtype = torch.float64) -> float:
+    """How far ``model`` gets in ``steps`` steps from the start of each run: the problem
+    tasks' normalised score (:func:`~searchlab.tasks.problems.normalised_score`: orders of
+    magnitude of gap reduction, 0..1, 0 for a run that diverges), mean over runs and
+    copies (each copy with its own step scale).  No parameter noise, no meta-gradient;
+    stochastic gradients drawn from a generator seeded by the run's index, so every
+    validation sees the same noise."""
+    total = 0.0
+    with torch.no_grad():
+        for i, run in enumerate(runs):
+            xs = [x.to(dtype) for x in run.x0]
+            f0 = run.value(xs)
+            state = model.init_state(xs)
+            gen = torch.Generator().manual_seed(i)
+            for _ in range(steps):
+                _, grads = run.value_and_grad(xs, gen)
+                us, state = model.update(grads, state)
+                xs = [x - run.lrs.view(-1, *([1] * (x.dim() - 1))) * u for x, u in zip(xs, us)]
+            total += float(normalised_score(f0, run.value(xs), run.f_star).mean())
+    return total / len(runs)
+
+
 def _detach_state(state: dict) -> dict:
     return {k: [t.detach() for t in v] for k, v in state.items()}
 
@@ -154,6 +219,8 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, *, resume: bool = False,
     meta_opt = torch.optim.Adam(model.parameters(), lr=cfg.meta_lr)
     gen = torch.Generator().manual_seed(int(cfg.seed))
     it, cpu, wall, losses = 0, 0.0, 0.0, []
+    val_scores: list[tuple[int, float]] = []     # (iteration, meta-validation score)
+    best: dict[str, Any] | None = None           # iteration, score, model of the best one
     run = xs = state = gap0 = None
     unrolls_left = 0
     tracker_state: dict[str, Any] = {}
@@ -168,6 +235,8 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, *, resume: bool = False,
         gen.set_state(data["gen"])
         it, cpu, wall, losses = data["iteration"], data["cpu_seconds"], data["wall_seconds"], list(data["losses"])
         tracker_state = data.get("tracker", {})
+        val_scores = [(int(i), float(v)) for i, v in data.get("val_scores", [])]
+        best = data.get("best")
         if data.get("run") is not None:
             r = data["run"]
             run = sampler.rebuild(r["spec"], r["x0"], r["lrs"])
@@ -192,12 +261,29 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, *, resume: bool = False,
                    "meta_opt": meta_opt.state_dict(), "gen": gen.get_state(),
                    "cpu_seconds": cpu, "wall_seconds": wall, "losses": losses,
                    "tracker": tracker.state_dict() if tracker is not None else {},
-                   "run": run_data}
+                   "run": run_data, "val_scores": val_scores, "best": best}
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         tmp = ckpt.with_name(ckpt.name + ".tmp")
         torch.save(payload, tmp)
         tmp.replace(ckpt)
 
+    val_set = validation_runs(cfg) if cfg.validate_every > 0 else []
+
+    def validate() -> None:
+        nonlocal best, cpu, wall
+        c0, w0 = time.process_time(), time.perf_counter()
+        value = validation_score(model, val_set, cfg.val_steps, dtype)
+        val_scores.append((it, value))
+        if best is None or value > best["score"]:
+            best = {"iteration": it, "score": value,
+                    "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        cpu += time.process_time() - c0
+        wall += time.perf_counter() - w0
+        if tracker is not None:
+            log_metrics(tracker, {"meta/val_score": value}, it)
+
+    if val_set and not val_scores:
+        validate()                           # the initial meta-parameters are a candidate
     while it < cfg.steps:
         c0, w0 = time.process_time(), time.perf_counter()
         if run is None or unrolls_left <= 0:
@@ -241,12 +327,24 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, *, resume: bool = False,
                                   "meta/cpu_seconds": cpu}, it)
         if progress is not None:
             progress(it, cfg.steps, value)
+        if val_set and it % cfg.validate_every == 0:
+            validate()
         if it % max(1, cfg.checkpoint_every) == 0 or it == cfg.steps:
             save_checkpoint()
+    if val_set and val_scores[-1][0] != it:
+        validate()     # the last meta-parameters too (after the checkpoint: a resume that
+                       # extends the run validates where an uninterrupted run would)
     meta = {"name": out.stem, "optimizer": cfg.optimizer, "task": cfg.task, "seed": cfg.seed,
             "iterations": it, "cpu_seconds": cpu, "wall_seconds": wall, "losses": losses,
             "config": asdict(cfg), "default_lr": math.sqrt(cfg.lr_low * cfg.lr_high),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if val_scores:
+        meta["val_scores"] = [list(v) for v in val_scores]
+        assert best is not None
+        meta["best_val_iteration"], meta["best_val_score"] = best["iteration"], best["score"]
+        meta["selected_iteration"] = best["iteration"] if cfg.select == "best" else it
+        if cfg.select == "best":
+            model.load_state_dict(best["model"])
     try:
         from .. import __version__
         meta["searchlab_version"] = __version__
@@ -256,6 +354,10 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, *, resume: bool = False,
     if tracker is not None:
         finite_losses = [x for x in losses if math.isfinite(x)]
         tail = finite_losses[-max(1, len(finite_losses) // 10):] if finite_losses else [math.nan]
-        finish_meta(tracker, {"iterations": it, "cpu_seconds": cpu, "wall_seconds": wall,
-                              "final_loss": sum(tail) / len(tail)}, path)
+        summary = {"iterations": it, "cpu_seconds": cpu, "wall_seconds": wall,
+                   "final_loss": sum(tail) / len(tail)}
+        if best is not None:
+            summary.update(best_val_score=best["score"], best_val_iteration=best["iteration"],
+                           selected_iteration=meta["selected_iteration"])
+        finish_meta(tracker, summary, path)
     return path
