@@ -526,11 +526,16 @@ def test_meta_train_command_logs_to_mlflow_and_evaluate_scores_it(tmp_path, caps
 
     out = tmp_path / "lwa.pt"
     assert main(["meta-train", "optimizer=lwa-a", "steps=4", "seed=1", "quiet=true",
-                 f"out={out}", f"run_dir={tmp_path}", "unroll_mean=3"]) == 0
+                 f"out={out}", f"run_dir={tmp_path}", "unroll_mean=3", "validate_every=2",
+                 "val_runs=2", "val_steps=5", "select=best"]) == 0
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.get_experiment_by_name("meta-train-lwa-a-ensemble")
     (run,) = client.search_runs([exp.experiment_id])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "meta/loss")] == [1, 2, 3, 4]
+    val = client.get_metric_history(run.info.run_id, "meta/val_score")
+    assert sorted(m.step for m in val) == [0, 2, 4]
+    best = max(sorted(val, key=lambda m: m.step), key=lambda m: m.value)
+    assert run.data.metrics["summary/selected_iteration"] == best.step == load_learned(out).meta["selected_iteration"]
     assert run.info.status == "FINISHED"
     capsys.readouterr()
     assert main(["evaluate", f"learned:{out}", "--task", "rosenbrock", "--fidelity", "smoke",
