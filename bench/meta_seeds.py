@@ -11,7 +11,7 @@ CLI a user would run:
 
 Prints one row per meta-training seed and the mean, standard deviation and range over
 seeds, with Adam's reward (the rule ``adam``, same protocol) for comparison.  A
-meta-trained file already in ``--out`` (named by optimizer, steps and seed) is reused, so
+meta-trained file already in ``--out`` (named by optimizer, steps, settings and seed) is reused, so
 a stopped run continues.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/meta_seeds.py --seeds 5
