@@ -186,12 +186,9 @@ def validation_score(model: LearnedModel, runs: list[ProblemRun], steps: int,
         for i, run in enumerate(runs):
             xs = [x.to(dtype) for x in run.x0]
             f0 = run.value(xs)
-            state = model.init_state(xs)
-            gen = torch.Generator().manual_seed(i)
-            for _ in range(steps):
-                _, grads = run.value_and_grad(xs, gen)
-                us, state = model.update(grads, state)
-                xs = [x - run.lrs.view(-1, *([1] * (x.dim() - 1))) * u for x, u in zip(xs, us)]
+            gap0 = (f0 - run.f_star).clamp_min(1e-30)
+            _, xs, _ = unroll_loss(model, run, xs, model.init_state(xs), steps, gap0,
+                                   torch.Generator().manual_seed(i))
             total += float(normalised_score(f0, run.value(xs), run.f_star).mean())
     return total / len(runs)
 
