@@ -187,3 +187,50 @@ def test_a_bad_population_option_is_one_line_and_exit_2(tmp_path, capsys, value)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert "population" in err[0] and "task.options" in err[0]
+
+
+@pytest.mark.parametrize("bound", ["task", "loose"])
+def test_problem_bounds_give_exactly_the_rewards_of_the_values(monkeypatch, bound):
+    """``Problem.upper_and_grad`` (logistic regression's bound, which skips its softplus on
+    most steps) decides divergence exactly as the values would: every outcome is equal,
+    bit for bit, to the one without the bound, and the bound is what most steps used.
+    ``loose``: a valid bound far above every value (f + 1e4), so that every step must fall
+    back to the values for the runs it cannot clear."""
+    import dataclasses
+
+    from searchlab.tasks.problems import ProblemEnsemble
+
+    rules = PROBLEM_RULES + ["g*10", "exp(g)", "m*1e3", "g^3"]
+    ev = Evaluator("ensemble", "fast", population=len(rules))
+    probs = ev.task.problems()
+    assert any(p.upper_and_grad is not None for p in probs)
+    calls = {"value": 0}
+
+    def counted(p):
+        def vg(x):
+            calls["value"] += 1
+            return p.value_and_grad(x)
+
+        def loose(x):
+            f, g = p.value_and_grad(x)
+            return f + 1e4, g
+        if not p.upper_and_grad:
+            return p
+        return dataclasses.replace(p, value_and_grad=vg,
+                                   upper_and_grad=loose if bound == "loose" else p.upper_and_grad)
+
+    monkeypatch.setattr(ProblemEnsemble, "problems", lambda self: tuple(counted(p) for p in probs))
+    bounded = ev.evaluate_many(rules, seed=3, use_cache=False, test=True)
+    steps = ev.fidelity.problem_steps
+    if bound == "task":
+        assert calls["value"] < steps // 2, calls      # the bound did the work
+    else:
+        assert calls["value"] > steps, calls           # values asked for on every step
+    monkeypatch.setattr(ProblemEnsemble, "problems", lambda self: tuple(
+        dataclasses.replace(p, upper_and_grad=None) for p in probs))
+    exact = ev.evaluate_many(rules, seed=3, use_cache=False, test=True)
+    assert {r.status for r in exact} >= {"ok", "diverged"}
+    for a, b in zip(bounded, exact):
+        fields = lambda r: repr((r.status, r.reward, r.best_lr, r.sweep, r.curve,  # noqa: E731
+                                 r.extra.get("values"), r.extra.get("test_reward")))
+        assert fields(a) == fields(b), a.rule   # repr: NaN values compare equal

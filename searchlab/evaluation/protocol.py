@@ -679,6 +679,22 @@ def _problem_runs(task: ProblemTask, compiled: Sequence[Any], lrs: Sequence[floa
         out = [p.value_and_grad(v) for p, v in zip(problems, views)]
         return torch.stack([o[0] for o in out], 1), torch.cat([o[1] for o in out], 1)
 
+    bounded = [j for j, p in enumerate(problems) if p.upper_and_grad is not None]
+
+    def divergence_and_grads() -> tuple[Tensor, Tensor]:
+        """``(~(vals <= limit), grads)`` as :func:`values_and_grads` would give them, for
+        steps that need no values: a problem with ``upper_and_grad`` computes its value
+        only for live runs whose bound exceeds the limit (the same decisions exactly)."""
+        if not bounded:
+            vals, grads = values_and_grads()
+            return ~(vals <= limit), grads
+        out = [(p.upper_and_grad or p.value_and_grad)(v) for p, v in zip(problems, views)]
+        over = ~(torch.stack([o[0] for o in out], 1) <= limit)
+        for j in bounded:
+            if bool((over[:, j] & ~dead[:, j]).any()):
+                over[:, j] = ~(problems[j].value_and_grad(views[j])[0] <= limit[j])
+        return over, torch.cat([o[1] for o in out], 1)
+
     log_gap0 = torch.log10((f0 - f_star).clamp_min(1e-300))
 
     def score(vals: Tensor) -> Tensor:  # tasks.problems.normalised_score, dead runs -> 0
@@ -689,10 +705,13 @@ def _problem_runs(task: ProblemTask, compiled: Sequence[Any], lrs: Sequence[floa
     with torch.no_grad():
         for t in range(steps):
             t0 = time.perf_counter()
-            vals, grads = values_and_grads()
-            dead |= ~(vals <= limit)          # NaN compares False: dead too
             if t in marks:
+                vals, grads = values_and_grads()
+                dead |= ~(vals <= limit)      # NaN compares False: dead too
                 curve.append(score(vals).mean(1))
+            else:
+                over, grads = divergence_and_grads()
+                dead |= over
             if t % 16 == 0:
                 for r in range(n_rules):
                     if running[r] and bool(dead[r * k:(r + 1) * k].all()):

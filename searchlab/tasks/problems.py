@@ -60,6 +60,12 @@ class Problem:
     high: tuple[float, ...]
     #: optional minibatch/noisy ``(x [K, dim], generator) -> (f, grad)`` (meta-training)
     stochastic: Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]] | None = None
+    #: optional ``x [K, dim] -> (upper [K], grad [K, dim])``: the exact gradient and a
+    #: cheap bound ``upper >= f`` (including rounding; NaN/inf where ``f`` may be), for
+    #: the steps on which the evaluator only asks whether a run is still below its
+    #: divergence limit (``evaluation.protocol``): it then computes ``f`` only for runs
+    #: whose bound is above the limit, so rewards are exactly those of ``value_and_grad``
+    upper_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None
 
     def initial_point(self, seed: int, stream: str = "val") -> Tensor:
         rng = np.random.default_rng(derive_seed(seed, f"{stream}:{self.name}"))
@@ -205,16 +211,27 @@ def build_problems() -> tuple[Problem, ...]:
     X, Y = torch.tensor(xs, dtype=dt), torch.tensor(ys, dtype=dt)
     XYT = (X * Y.unsqueeze(1)).T.contiguous()           # [10, 100]: columns y_i * x_i
     XY = XYT.T.contiguous() / len(ys)
+    NXYT = -XYT      # w @ NXYT == -(w @ XYT) bit for bit (rounding is symmetric in sign)
+    LOG2 = float(np.log(2.0))
 
     def logistic_regression(w: Tensor) -> Tensor:
         margins = (w @ X.T) * Y
         return torch.nn.functional.softplus(-margins).mean(-1) + 0.005 * (w * w).sum(-1)
 
     def logistic_regression_vg(w: Tensor) -> tuple[Tensor, Tensor]:
-        margins = w @ XYT                                # [K, 100]
-        f = torch.nn.functional.softplus(-margins).mean(1) + 0.005 * (w * w).sum(1)
-        g = torch.addmm(0.01 * w, torch.sigmoid(-margins), XY, alpha=-1.0)
+        neg_margins = w @ NXYT                           # [K, 100]
+        f = torch.nn.functional.softplus(neg_margins).mean(1) + 0.005 * (w * w).sum(1)
+        g = torch.addmm(0.01 * w, torch.sigmoid(neg_margins), XY, alpha=-1.0)
         return f, g
+
+    def logistic_regression_upper(w: Tensor) -> tuple[Tensor, Tensor]:
+        # softplus(z) <= max(z, 0) + log 2; the factor 1 + 1e-6 covers rounding (every
+        # term is >= 0).  softplus in float64 is most of this problem's cost per step.
+        neg_margins = w @ NXYT
+        upper = neg_margins.clamp_min(0.0).mean(1) + 0.005 * (w * w).sum(1) + LOG2
+        upper = upper * (1.0 + 1e-6)
+        g = torch.addmm(0.01 * w, torch.sigmoid(neg_margins), XY, alpha=-1.0)
+        return upper, g
 
     box2 = lambda lo, hi: ((lo, lo), (hi, hi))  # noqa: E731
     return (
@@ -228,7 +245,8 @@ def build_problems() -> tuple[Problem, ...]:
         Problem("log_sum_exp", 5, log_sum_exp, log_sum_exp_vg, _newton_min(log_sum_exp, 5),
                 (-3.0,) * 5, (3.0,) * 5),
         Problem("logistic_regression", 10, logistic_regression, logistic_regression_vg,
-                _newton_min(logistic_regression, 10), (-3.0,) * 10, (3.0,) * 10),
+                _newton_min(logistic_regression, 10), (-3.0,) * 10, (3.0,) * 10,
+                upper_and_grad=logistic_regression_upper),
     )
 
 
@@ -444,7 +462,7 @@ def sparse_gradients(p: Problem, fraction: float, name: str | None = None) -> Pr
         return f, g * keep
 
     return Problem(name or f"{p.name}_sparse", p.dim, p.f, p.value_and_grad, p.f_star,
-                   p.low, p.high, stochastic=stoch)
+                   p.low, p.high, stochastic=stoch, upper_and_grad=p.upper_and_grad)
 
 
 def summed(parts: Sequence[Problem], name: str | None = None) -> Problem:

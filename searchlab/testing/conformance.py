@@ -587,6 +587,22 @@ def _check_problems(label: str, task: Any, fresh: Any, seed: int) -> None:
         f2, g2 = p.value_and_grad(xs.detach())
         _close(label, f"{p.name}: value_and_grad's value vs f", f2, f.detach(), 1e-12, 1e-12)
         _close(label, f"{p.name}: value_and_grad's gradient vs autograd", g2, g, 1e-10, 1e-10)
+        if p.upper_and_grad is not None:
+            # the bound holds where runs go (ordinary, huge and non-finite points), and the
+            # gradient is value_and_grad's bit for bit (rewards must not move)
+            big = torch.cat([xs.detach(), xs.detach() * 1e3, xs.detach() * 1e150,
+                             torch.full((1, p.dim), math.inf, dtype=torch.float64),
+                             torch.full((1, p.dim), math.nan, dtype=torch.float64)])
+            up, g3 = p.upper_and_grad(big)
+            fb, gb = p.value_and_grad(big)
+            finite = torch.isfinite(fb)
+            assert bool((up[finite] >= fb[finite]).all()), (
+                f"{label}: {p.name}: upper_and_grad's bound below the value: "
+                f"{up[finite].tolist()} vs {fb[finite].tolist()}")
+            assert not bool((up[~finite] <= 1e300).any()), (
+                f"{label}: {p.name}: upper_and_grad's bound is finite where the value is not")
+            assert torch.equal(torch.nan_to_num(g3, nan=7.0), torch.nan_to_num(gb, nan=7.0)), (
+                f"{label}: {p.name}: upper_and_grad's gradient differs from value_and_grad's")
     same = fresh.initial_points(seed, "val")
     assert all(torch.equal(a, b) for a, b in zip(x0, same)), f"{label}: initial points differ for one seed"
     for other, stream in ((seed + 1, "val"), (seed, "test")):
