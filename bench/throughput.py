@@ -19,6 +19,8 @@ Configurations (each worker uses 1 torch thread):
     serial-2t   the calling process, torch.set_num_threads(2)  (serial using both cores)
     process-2   ProcessExecutor(workers=2, threads=1)
     ray-2       RayExecutor(workers=2, threads=1), a local 2-CPU Ray cluster
+    <name>+batched  the same executor, the lr sweep batched (stacked) for one rule at a
+                time (the default on mnist1d and the problem tasks; not on CIFAR-10)
     <name>+pop  the same executor fed *chunks* of rules, each trained as one population
                 (``--population N``: ``Evaluator(population=N)`` and the runner's
                 ``EvaluateChunk``/``chunk_sizes``: one chunk per worker, none above N)
@@ -27,6 +29,10 @@ Population-batched evaluation (issue "Train many rules in one pass")::
 
     .venv/bin/python bench/throughput.py --population 8 --configs serial-1t,serial-1t+pop,process-2,process-2+pop
     .venv/bin/python bench/throughput.py --task ensemble --population 32 --n 32 --configs serial-1t,serial-1t+pop,process-2,process-2+pop
+
+CIFAR-10 (JPEG copy, its first 5,000 images; ``--option`` passes task/evaluator options)::
+
+    .venv/bin/python bench/throughput.py --task cifar10 --option data_dir=../shared/data/cifar10-jpeg.tar.gz --option max_examples=5000 --population 4 --n 4 --rounds 2 --configs serial-1t,serial-1t+batched,serial-1t+pop
 
 ``--flops`` first counts the FLOPs of one evaluation (``torch.utils.flop_counter``,
 matrix products only: the elementwise ops are not counted), measures this machine's fp32
@@ -59,11 +65,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import searchlab  # noqa: E402,F401  (first: it pins torch's kernels and numpy's OpenBLAS, searchlab.kernels)
 
 
-def build_evaluator(task: str, fidelity: str) -> Any:
-    """The evaluator of ``task`` at ``fidelity`` without a reward cache (every rule trains)."""
+def build_evaluator(task: str, fidelity: str, options: dict[str, Any] | None = None) -> Any:
+    """The evaluator of ``task`` at ``fidelity`` without a reward cache (every rule trains);
+    ``options``: task and evaluator options (``data_dir``, ``max_examples``, ``batched``)."""
     from searchlab.evaluators import TOY_TASK, make_evaluator
 
-    return make_evaluator(task) if task == TOY_TASK else make_evaluator(task, fidelity)
+    return (make_evaluator(task, **(options or {})) if task == TOY_TASK
+            else make_evaluator(task, fidelity, **(options or {})))
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings as evaluator options (ints, floats and true/false parsed)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"throughput: --option wants KEY=VALUE, got {item!r}")
+        low = value.lower()
+        if low in ("true", "false"):
+            out[key] = low == "true"
+            continue
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                pass
+        else:
+            out[key] = value
+    return out
 
 
 def distinct_rules(n: int, seed: int, trained_only: bool = False) -> list[Any]:
@@ -170,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
                          "probe without training) instead of rules that all train")
     ap.add_argument("--population", type=int, default=8,
                     help="the most rules per population of the +pop configurations")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="an evaluator or task option for every configuration, e.g. "
+                         "data_dir=../shared/data/cifar10-jpeg.tar.gz max_examples=5000")
     ap.add_argument("--flops", action="store_true",
                     help="count FLOPs per evaluation and measure the matmul rate first")
     args = ap.parse_args(argv)
@@ -185,8 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     # one evaluator per configuration: an evaluator's counters change as it is used in
     # this process, and a changed pickle would make the pools ship it again
     tasks: dict[str, Any] = {}
+    options = parse_options(args.option)
     for c in configs:
-        ev = build_evaluator(args.task, args.fidelity)
+        opts = dict(options)
+        if c.endswith("+pop") or c.endswith("+batched"):
+            opts["batched"] = True   # a population stacks the lrs too (CIFAR-10: not default)
+        ev = build_evaluator(args.task, args.fidelity, opts)
         if c.endswith("+pop"):
             from searchlab.interfaces import BatchEvaluator
 
@@ -195,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"(configuration {c})", file=sys.stderr)
                 return 2
             ev.population = args.population
+            if ev.max_batch < 2:
+                print(f"throughput: {ev!r} trains one rule at a time at this fidelity "
+                      f"(configuration {c})", file=sys.stderr)
+                return 2
             tasks[c] = EvaluateChunk(ev, 0)
         else:
             tasks[c] = EvaluateTask(ev, 0)
