@@ -74,28 +74,6 @@ def build_evaluator(task: str, fidelity: str, options: dict[str, Any] | None = N
             else make_evaluator(task, fidelity, **(options or {})))
 
 
-def parse_options(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings as evaluator options (ints, floats and true/false parsed)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"throughput: --option wants KEY=VALUE, got {item!r}")
-        low = value.lower()
-        if low in ("true", "false"):
-            out[key] = low == "true"
-            continue
-        for cast in (int, float):
-            try:
-                out[key] = cast(value)
-                break
-            except ValueError:
-                pass
-        else:
-            out[key] = value
-    return out
-
-
 def distinct_rules(n: int, seed: int, trained_only: bool = False) -> list[Any]:
     """``n`` rules of distinct keys from random search; with ``trained_only`` only rules
     that pass the evaluator's validity probe (the others are scored without training)."""
@@ -218,7 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     # one evaluator per configuration: an evaluator's counters change as it is used in
     # this process, and a changed pickle would make the pools ship it again
     tasks: dict[str, Any] = {}
-    options = parse_options(args.option)
+    from searchlab.config import ConfigError, parse_overrides
+
+    try:
+        options = dict(parse_overrides(args.option))
+    except ConfigError as e:
+        print(f"throughput: --option: {e}", file=sys.stderr)
+        return 2
     for c in configs:
         opts = dict(options)
         if c.endswith("+pop") or c.endswith("+batched"):

@@ -685,9 +685,6 @@ def _problem_runs(task: ProblemTask, compiled: Sequence[Any], lrs: Sequence[floa
         """``(~(vals <= limit), grads)`` as :func:`values_and_grads` would give them, for
         steps that need no values: a problem with ``upper_and_grad`` computes its value
         only for live runs whose bound exceeds the limit (the same decisions exactly)."""
-        if not bounded:
-            vals, grads = values_and_grads()
-            return ~(vals <= limit), grads
         out = [(p.upper_and_grad or p.value_and_grad)(v) for p, v in zip(problems, views)]
         over = ~(torch.stack([o[0] for o in out], 1) <= limit)
         for j in bounded:

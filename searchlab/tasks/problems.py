@@ -218,20 +218,20 @@ def build_problems() -> tuple[Problem, ...]:
         margins = (w @ X.T) * Y
         return torch.nn.functional.softplus(-margins).mean(-1) + 0.005 * (w * w).sum(-1)
 
+    def logistic_regression_grad(w: Tensor, neg_margins: Tensor) -> Tensor:
+        return torch.addmm(0.01 * w, torch.sigmoid(neg_margins), XY, alpha=-1.0)
+
     def logistic_regression_vg(w: Tensor) -> tuple[Tensor, Tensor]:
         neg_margins = w @ NXYT                           # [K, 100]
         f = torch.nn.functional.softplus(neg_margins).mean(1) + 0.005 * (w * w).sum(1)
-        g = torch.addmm(0.01 * w, torch.sigmoid(neg_margins), XY, alpha=-1.0)
-        return f, g
+        return f, logistic_regression_grad(w, neg_margins)
 
     def logistic_regression_upper(w: Tensor) -> tuple[Tensor, Tensor]:
         # softplus(z) <= max(z, 0) + log 2; the factor 1 + 1e-6 covers rounding (every
         # term is >= 0).  softplus in float64 is most of this problem's cost per step.
         neg_margins = w @ NXYT
         upper = neg_margins.clamp_min(0.0).mean(1) + 0.005 * (w * w).sum(1) + LOG2
-        upper = upper * (1.0 + 1e-6)
-        g = torch.addmm(0.01 * w, torch.sigmoid(neg_margins), XY, alpha=-1.0)
-        return upper, g
+        return upper * (1.0 + 1e-6), logistic_regression_grad(w, neg_margins)
 
     box2 = lambda lo, hi: ((lo, lo), (hi, hi))  # noqa: E731
     return (
