@@ -132,6 +132,44 @@ def test_a_timed_out_or_failing_rule_changes_no_other_reward(mnist, singles):
     assert all(o.extra["clock_seconds"] < 1.5 for o in (outs[0], outs[2], outs[4]))
 
 
+#: tail averages (Fidelity.average_steps), 10 steps per epoch, selection after epoch 2
+#: of 4: "continued" averages 10 steps before the selection and 10 before the end (the
+#: final run continues the sweep); in "fresh" the selection's window (25 -> 20 steps)
+#: reaches back into the sweep, so every final run retrains from scratch, and the
+#: reward's window is clamped to the 20 steps after the selection
+AVERAGED = {
+    "continued": ("averaged+sweep_examples=1000,final_examples=1000,val_examples=500,"
+                  "final_epochs=4,select_epochs=2,average_steps=10,final_copies=2,"
+                  "bn_examples=500", 10),
+    "fresh": ("averaged+sweep_examples=1000,final_examples=1000,val_examples=500,"
+              "final_epochs=4,select_epochs=2,average_steps=25,bn_examples=500", 20),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(AVERAGED))
+def test_tail_averaged_populations_equal_each_rule_alone(kind):
+    fid, window = AVERAGED[kind]
+    ev = Evaluator("mnist1d", fid, population=16)
+    rules = ["m", "g/0", "drop(g, 0.5)*m", "g+eps", "ld*g", "g-g", "adam", "sign(m)*sqrt(g)"]
+    singles = [ev.evaluate(r, seed=5, use_cache=False, test=True) for r in rules]
+    many = ev.evaluate_many(rules, seed=5, use_cache=False, test=True)
+    ok = 0
+    for rule, a, b in zip(rules, many, singles):
+        same(a, b)
+        if b.status != "ok":
+            continue
+        ok += 1
+        assert a.extra["population"] >= 2
+        assert a.extra["averaged_steps"] == b.extra["averaged_steps"] == window
+        assert a.extra["continued"] == b.extra["continued"] == (kind == "continued" and rule != "ld*g")
+        assert abs(a.extra["last_iterate_val"] - b.extra["last_iterate_val"]) <= TOL
+        assert abs(a.extra["test_reward"] - b.extra["test_reward"]) <= 2 * TOL
+        assert a.extra.get("final_scores") is not None or len(a.extra.get("final_lrs", [])) < 2
+    assert ok >= 5
+    # the reward really is the averaged weights' (not the last iterate's) for most rules
+    assert sum(b.reward != b.extra["last_iterate_val"] for b in singles if b.status == "ok") >= 3
+
+
 def test_evaluator_population_is_validated_and_max_batch_follows_it():
     assert Evaluator("ensemble", "smoke", population=5).max_batch == 5
     assert Evaluator("ensemble", "smoke").max_batch == Evaluator("ensemble", "smoke").task.population_default

@@ -226,10 +226,9 @@ class Evaluator:
     @property
     def max_batch(self) -> int:
         """The most rules :meth:`evaluate_many` trains in one pass (the runner's chunk size
-        limit; :class:`~searchlab.interfaces.BatchEvaluator`).  1 when the fidelity
-        scores tail-averaged weights (``average_steps``), which populations do not do."""
-        averaged = self.fidelity.average_steps and isinstance(self.task, ClassificationTask)
-        return self.population if self.batched and not averaged else 1
+        limit; :class:`~searchlab.interfaces.BatchEvaluator`); 1 when the sweep is not
+        batched."""
+        return self.population if self.batched else 1
 
     def evaluate_many(self, rules: Sequence[Rule | str | Sequence[str]], seed: int = 0, *,
                       use_cache: bool = True, test: bool = False) -> list[Result]:

@@ -64,8 +64,8 @@ the mean of its last ``average_steps`` iterates before the selection; training g
 from the chosen lr's iterate, so training itself is unchanged. Neither window reaches
 back past a mid-run selection (both are clamped to the steps on their side of it:
 ``Result.extra["averaged_steps"]``), and a window that would reach into the sweep makes
-the final run start afresh instead of continuing the sweep run. Population training does
-not do it (``Evaluator.max_batch`` is then 1 on classification tasks).
+the final run start afresh instead of continuing the sweep run. Population training
+(:mod:`searchlab.evaluation.population`) keeps the same windows for each rule's rows.
 
 Problem tasks (``rosenbrock``, ``ensemble``) run ``problem_steps`` steps per lr (paper
 6.1 ran Rosenbrock for 4,000 iterations) and use only ``lrs`` and ``problem_steps``

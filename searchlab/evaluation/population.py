@@ -36,8 +36,9 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -52,6 +53,7 @@ from .protocol import (
     CopyView,
     Outcome,
     Seeds,
+    TailWindows,
     _bn_inputs,
     _prepare_all,
     _ranked,
@@ -82,6 +84,9 @@ class Member:
         self.workspace = _workspace()
         self.failure: Outcome | None = None
         self.lr_views: list[Tensor] = []
+        self.average_from: int | None = None   # sum the block's weights after steps > this
+        self.avg: list[Tensor] | None = None    # (Fidelity.average_steps; Stack.average_over)
+        self.averaged = 0                       # iterates in avg
 
     @property
     def k(self) -> int:
@@ -142,6 +147,8 @@ class Stack:
             k = m.k
             m.state = {name: [t[idx] if t.dim() > 0 and t.shape[0] == k else t for t in ts]
                        for name, ts in m.state.items()}
+            if m.avg is not None:
+                m.avg = [a[idx] for a in m.avg]
             m.alive = [m.alive[r] for r in local]
             m.workspace = _workspace()  # shapes changed
             self._refresh_lrs(m)
@@ -151,11 +158,45 @@ class Stack:
         if members:
             self.keep({m: [] for m in members})
 
+    def block(self, m: Member) -> tuple[int, int]:
+        return dict((id(mm), b) for mm, b in self.blocks())[id(m)]
+
     def view(self, m: Member) -> CopyView:
         """``m``'s rows as a :class:`CopyView` (validation, batch-norm refresh)."""
-        lo, hi = dict((id(mm), b) for mm, b in self.blocks())[id(m)]
+        lo, hi = self.block(m)
         return CopyView(self.task, self.model.rows(lo, hi), m.alive, self.batch_size,
                         self.bn_momenta)
+
+    # --- tail averages (as CopyTrainer's, per member) ----------------------------------
+    def average_over(self, m: Member, from_step: int) -> None:
+        """Start a new tail average of ``m``'s rows: its iterates after step ``from_step``."""
+        m.average_from, m.avg, m.averaged = from_step, None, 0
+
+    def use_average(self, m: Member) -> int:
+        """Replace ``m``'s weights by their tail average (CopyTrainer.use_average); returns
+        how many iterates it holds.  Batch-norm buffers are left as they are."""
+        n = m.averaged
+        if n and m.avg is not None and m.k:
+            lo, hi = self.block(m)
+            with torch.no_grad():
+                for p, a in zip(self.model.params, m.avg):
+                    p.detach()[lo:hi].copy_(a / n)
+        m.avg, m.averaged = None, 0
+        return n
+
+    @contextmanager
+    def averaged_weights(self, m: Member) -> Iterator[int]:
+        """Inside: ``m``'s tail-averaged weights; after: its iterates again."""
+        lo, hi = self.block(m)
+        saved = [p.detach()[lo:hi].clone() for p in self.model.params]
+        avg, n = m.avg, m.averaged
+        try:
+            yield self.use_average(m)
+        finally:
+            with torch.no_grad():
+                for p, q in zip(self.model.params, saved):
+                    p.detach()[lo:hi].copy_(q)
+            m.avg, m.averaged = avg, n
 
     # --- training --------------------------------------------------------------------
     def train_epochs(self, x: Tensor, y: Tensor, epochs: int, batch_size: int,
@@ -215,6 +256,13 @@ class Stack:
             except Exception:  # noqa: BLE001 - one rule's failure never stops the others
                 m.failure = Outcome("error", message="unexpected error:\n" + traceback.format_exc())
             m.step += 1
+            if m.failure is None and m.average_from is not None and m.step > m.average_from:
+                with torch.no_grad():
+                    if m.avg is None:
+                        m.avg = [v.clone() for v in views]
+                    else:
+                        torch._foreach_add_(m.avg, views)
+                m.averaged += 1
             m.clock.charge(time.perf_counter() - t1 + shared * m.k / rows)
             if m.failure is None and m.clock.over:
                 m.failure = m.clock.outcome()
@@ -256,6 +304,8 @@ class _Rule:
     best_lr: float | None = None
     final_curves: dict[float, list[float]] | None = None
     done: int = 0
+    win: TailWindows | None = None         # the final run's tail-average windows
+    iterate_acc: dict[int, float] = field(default_factory=dict)  # copy -> last iterate's val
 
 
 def run_population(task: ClassificationTask, splits: Splits, compiled: Sequence[Any],
@@ -263,9 +313,6 @@ def run_population(task: ClassificationTask, splits: Splits, compiled: Sequence[
                    test: bool = False) -> list[Outcome]:
     """:func:`~searchlab.evaluation.protocol.run_classification` (its batched sweep) for
     every rule of ``compiled`` at once; one outcome per rule, in order."""
-    if fid.average_steps:
-        raise ValueError(f"fidelity {fid.key}: average_steps is not supported by population "
-                         "training; evaluate these rules one at a time (population=1)")
     n_sweep, n_final, n_val = _sizes(fid, splits)
     bs = fid.batch_size
     if min(n_sweep, n_final) < bs:
@@ -341,13 +388,15 @@ def run_population(task: ClassificationTask, splits: Splits, compiled: Sequence[
                                         "or exploded loss, or exploded weights)")
             continue
         r.best_lr = lrs[r.tops[0]]
+        r.win = TailWindows.of(fid, len(r.tops), n_sweep, n_final)
         if len(r.tops) > 1:
             r.extra["final_lrs"] = [lrs[i] for i in r.tops]
 
     # --- final runs: continue the sweep's stack, or retrain in a fresh one -------------
     live = [r for r in rules if r.outcome is None]
     cont = [r for r in live if not r.compiled.uses_decay and n_final == n_sweep
-            and fid.final_epochs >= fid.sweep_epochs and id(r.member) in in_sweep]
+            and fid.final_epochs >= fid.sweep_epochs and id(r.member) in in_sweep
+            and r.win is not None and r.win.may_continue]
     fresh = [r for r in live if r not in cont]
     keep: dict[Member, list[int]] = {m: [] for m in sweep.members}
     for r in cont:
@@ -416,6 +465,9 @@ def _final_run(st: Stack, group: list[_Rule], epochs_left: int, fid: Fidelity, x
         assert m is not None and r.tops is not None
         if m.k > 1 and 0 < fid.select_epochs <= r.done:   # chosen by the sweep's scores
             _select(st, r, [r.acc[i] for i in r.tops], [r.loss[i] for i in r.tops])
+        if fid.average_steps:
+            assert r.win is not None
+            st.average_over(m, r.win.first_from)
 
     def after(epoch: int) -> None:
         for m in list(st.members):
@@ -428,9 +480,16 @@ def _final_run(st: Stack, group: list[_Rule], epochs_left: int, fid: Fidelity, x
             assert r.final_curves is not None
             for row, copy in enumerate(m.alive):
                 r.final_curves[m.lrs[copy]].append(a[row])
+            r.iterate_acc.update(zip(m.alive, a))
             r.last = (a, l)
-            if m.k > 1 and r.done + epoch + 1 == fid.select_epochs:
-                _select(st, r, a, l)
+            if r.done + epoch + 1 == fid.select_epochs:
+                if m.k > 1:
+                    if fid.average_steps:   # each lr judged by its tail-averaged weights
+                        with st.averaged_weights(m):
+                            a, l = st.validate(m, xv, yv, bn_final)
+                    _select(st, r, a, l)
+                if fid.average_steps and r.win is not None and r.win.mid_select:
+                    st.average_over(m, r.win.reward_from)   # the reward's window
         over = [m for m in st.members if m.clock.over]
         for m in over:
             m.failure = m.clock.outcome()
@@ -460,8 +519,14 @@ def _finish(st: Stack, r: _Rule, epochs_left: int, lrs: list[float], fid: Fideli
         return
     if epochs_left == 0 or r.last is None or len(r.last[0]) != m.k:
         r.last = st.validate(m, xv, yv, bn_final)
+        r.iterate_acc.update(zip(m.alive, r.last[0]))
+    if fid.average_steps:          # score the tail-averaged weights (training is done)
+        extra["averaged_steps"] = st.use_average(m)
+        r.last = st.validate(m, xv, yv, bn_final)
     if m.k > 1:
         _select(st, r, *r.last)
+    if fid.average_steps:
+        extra["last_iterate_val"] = r.iterate_acc[m.alive[0]]
     chosen_lr = m.lrs[m.alive[0]]
     curve = r.final_curves[chosen_lr]
     val_acc, val_loss = r.last[0][0], r.last[1][0]
@@ -499,6 +564,10 @@ def _copies(task: ClassificationTask, ok: list[_Rule], seed: int, fid: Fidelity,
         if not members:
             break
         st = Stack(task, list(members.values()), sj)
+        if fid.average_steps:
+            for r in ok:
+                if id(r) in members and r.win is not None:
+                    st.average_over(members[id(r)], r.win.reward_from)
         st.train_epochs(x, y, fid.final_epochs, bs)
         for r in ok:
             m = members.get(id(r))
@@ -508,6 +577,8 @@ def _copies(task: ClassificationTask, ok: list[_Rule], seed: int, fid: Fidelity,
                 r.outcome = m.failure
                 continue
             in_stack = any(mm is m for mm in st.members)
+            if in_stack and fid.average_steps:
+                st.use_average(m)
             a, l = st.validate(m, xv, yv, bn_final) if in_stack else ([], [])
             if not a or not math.isfinite(l[0]):
                 accs[id(r)].append(0.0)      # a copy that diverged: FLOOR_REWARD

@@ -464,23 +464,11 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
 
     # --- final run with the best lr (or the best final_lrs lrs, then the best of them) ---
     final_total = (n_final // bs) * fid.final_epochs
-    # tail averages (average_steps): which final-run steps the selection and the reward
-    # average; a window never reaches back past a mid-run selection
     avg = fid.average_steps
-    sel_step = (n_final // bs) * fid.select_epochs       # step of a selection after select_epochs
-    mid_select = len(tops) > 1 and 0 < fid.select_epochs < fid.final_epochs
-    sel_window = min(avg, sel_step) if mid_select else 0
-    final_window = min(avg, final_total - sel_step) if mid_select else min(avg, final_total)
+    win = TailWindows.of(fid, len(tops), n_sweep, n_final)
     can_continue = (not compiled.uses_decay and n_final == n_sweep
                     and fid.final_epochs >= fid.sweep_epochs
-                    and len({id(trainers[i][0]) for i in tops}) == 1)
-    if avg and can_continue:
-        # a continued run is the fresh final run only if nothing averaged lies in the sweep
-        # (the sweep keeps no averages) and no selection falls on the sweep's scores
-        sweep_steps = (n_sweep // bs) * fid.sweep_epochs
-        first = min([final_total - final_window] + ([sel_step - sel_window] if mid_select else []))
-        can_continue = first >= sweep_steps and not (
-            len(tops) > 1 and 0 < fid.select_epochs <= fid.sweep_epochs)
+                    and len({id(trainers[i][0]) for i in tops}) == 1 and win.may_continue)
     if can_continue:
         tr, _ = trainers[tops[0]]
         tr.keep([tr.alive.index(trainers[i][1]) for i in tops])
@@ -520,13 +508,13 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
                         with tr.averaged_weights():
                             a, l = validate(tr, bn_final)
                     select(a, l)
-                if avg and mid_select:    # the reward's window starts after the selection
-                    tr.average_over(final_total - final_window)
+                if avg and win.mid_select:    # the reward's window starts after the selection
+                    tr.average_over(win.reward_from)
 
     if len(tr.alive) > 1 and 0 < fid.select_epochs <= done:   # chosen by the sweep's scores
         select([acc[i] for i in tops], [loss[i] for i in tops])
     if avg:
-        tr.average_over(sel_step - sel_window if mid_select else final_total - final_window)
+        tr.average_over(win.first_from)
     tr.train_epochs(x_final, y_final, epochs_left, bs, deadline, after_final)
     extra["continued"] = can_continue
     extra["steps"] = tr.step
@@ -565,7 +553,7 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
         for j in range(1, fid.final_copies):
             trj = CopyTrainer(task, compiled, [chosen_lr], Seeds.of(seed, j), final_total)
             if avg:
-                trj.average_over(final_total - final_window)
+                trj.average_over(win.reward_from)
             trj.train_epochs(x_final, y_final, fid.final_epochs, bs, deadline)
             if trj.alive:
                 trj.use_average()
@@ -589,6 +577,35 @@ def run_classification(task: ClassificationTask, splits: Splits, compiled: Any, 
         extra["test_loss"] = sum(t[1] for t in tests) / len(tests)
     return Outcome("ok", reward=val_acc, best_lr=chosen_lr, sweep=sweep, curve=tuple(curve),
                    val_loss=val_loss, val_acc=val_acc, extra=extra)
+
+
+@dataclass(frozen=True)
+class TailWindows:
+    """Which final-run steps the tail averages (``Fidelity.average_steps``) sum: the
+    selection's window (a mid-run selection after ``select_epochs``) and the reward's; a
+    window never reaches back past a mid-run selection.  The one plan of
+    :func:`run_classification` and the population's final runs."""
+
+    mid_select: bool      # the final run keeps its best lr after select_epochs (of several)
+    first_from: int       # averaging starts after this step (the selection's or the reward's)
+    reward_from: int      # the reward's average: the iterates after this step
+    may_continue: bool    # a continued sweep run equals the fresh final run (no averages
+                          # in the sweep, no selection on the sweep's scores)
+
+    @staticmethod
+    def of(fid: Fidelity, n_tops: int, n_sweep: int, n_final: int) -> "TailWindows":
+        bs, avg = fid.batch_size, fid.average_steps
+        final_total = (n_final // bs) * fid.final_epochs
+        sel_step = (n_final // bs) * fid.select_epochs   # step of a selection after select_epochs
+        mid_select = n_tops > 1 and 0 < fid.select_epochs < fid.final_epochs
+        sel_window = min(avg, sel_step) if mid_select else 0
+        final_window = min(avg, final_total - sel_step) if mid_select else min(avg, final_total)
+        reward_from = final_total - final_window
+        first_from = sel_step - sel_window if mid_select else reward_from
+        may_continue = not avg or (
+            first_from >= (n_sweep // bs) * fid.sweep_epochs
+            and not (n_tops > 1 and 0 < fid.select_epochs <= fid.sweep_epochs))
+        return TailWindows(mid_select, first_from, reward_from, may_continue)
 
 
 def _bn_inputs(task: ClassificationTask, fid: Fidelity, x: Tensor) -> Tensor | None:
