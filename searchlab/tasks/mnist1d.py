@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import TASKS, ClassificationTask, Splits, StackedModel, data_cache_dir
+from .serial import batch_norm
 
 __all__ = ["MNIST1D", "MNIST1DConvNet", "generate_mnist1d"]
 
@@ -124,8 +125,8 @@ class MNIST1DConvNet(StackedModel):
         # conv1 on shared input: windows [n*20, 5] @ [5, k*c]
         win = F.pad(x, (2, 2)).unfold(1, 5, 2).reshape(n * half, 5)
         h = torch.addmm(b1.reshape(1, k * c), win, w1.reshape(k * c, 5).t())
-        h = F.relu(F.batch_norm(h, rm1.view(-1), rv1.view(-1), g1.reshape(-1), be1.reshape(-1),
-                                training=train, momentum=0.1, eps=1e-5))
+        h = F.relu(batch_norm(h, rm1.view(-1), rv1.view(-1), g1.reshape(-1), be1.reshape(-1),
+                              training=train, momentum=0.1, eps=1e-5))
         # conv2 per copy (k=3, stride 2, pad 1): output l reads positions 2l-1, 2l, 2l+1.
         # Viewing positions in pairs (2l, 2l+1) makes taps 1 and 2 one matmul over 2c
         # features; tap 0 (position 2l-1, the odd half of pair l-1) is a matmul of the
@@ -136,8 +137,8 @@ class MNIST1DConvNet(StackedModel):
         prev = torch.bmm(pairs[:, :, c:], w2[:, :c, :]).view(k, n, q, c)
         h2[:, :, 1:] += prev[:, :, :-1]   # in place: bitwise the same as adding a padded copy
         h2 = h2.permute(1, 2, 0, 3).reshape(n * q, k * c)
-        h2 = F.relu(F.batch_norm(h2, rm2.view(-1), rv2.view(-1), g2.reshape(-1), be2.reshape(-1),
-                                 training=train, momentum=0.1, eps=1e-5))
+        h2 = F.relu(batch_norm(h2, rm2.view(-1), rv2.view(-1), g2.reshape(-1), be2.reshape(-1),
+                               training=train, momentum=0.1, eps=1e-5))
         feats = h2.view(n, q, k, c).permute(2, 0, 1, 3).reshape(k, n, q * c)
         return torch.baddbmm(bf.unsqueeze(1), feats, wf)                          # [k, n, 10]
 
