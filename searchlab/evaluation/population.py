@@ -36,9 +36,8 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import torch
 from torch import Tensor
@@ -53,6 +52,7 @@ from .protocol import (
     CopyView,
     Outcome,
     Seeds,
+    TailAverage,
     TailWindows,
     _bn_inputs,
     _prepare_all,
@@ -84,9 +84,7 @@ class Member:
         self.workspace = _workspace()
         self.failure: Outcome | None = None
         self.lr_views: list[Tensor] = []
-        self.average_from: int | None = None   # sum the block's weights after steps > this
-        self.avg: list[Tensor] | None = None    # (Fidelity.average_steps; Stack.average_over)
-        self.averaged = 0                       # iterates in avg
+        self.tail = TailAverage()              # of the block (Fidelity.average_steps)
 
     @property
     def k(self) -> int:
@@ -147,8 +145,7 @@ class Stack:
             k = m.k
             m.state = {name: [t[idx] if t.dim() > 0 and t.shape[0] == k else t for t in ts]
                        for name, ts in m.state.items()}
-            if m.avg is not None:
-                m.avg = [a[idx] for a in m.avg]
+            m.tail.select(idx)
             m.alive = [m.alive[r] for r in local]
             m.workspace = _workspace()  # shapes changed
             self._refresh_lrs(m)
@@ -168,35 +165,23 @@ class Stack:
                         self.bn_momenta)
 
     # --- tail averages (as CopyTrainer's, per member) ----------------------------------
+    def block_weights(self, m: Member) -> list[Tensor]:
+        """Views of ``m``'s rows of every parameter."""
+        lo, hi = self.block(m)
+        return [p.detach()[lo:hi] for p in self.model.params]
+
     def average_over(self, m: Member, from_step: int) -> None:
         """Start a new tail average of ``m``'s rows: its iterates after step ``from_step``."""
-        m.average_from, m.avg, m.averaged = from_step, None, 0
+        m.tail.restart(from_step)
 
     def use_average(self, m: Member) -> int:
         """Replace ``m``'s weights by their tail average (CopyTrainer.use_average); returns
         how many iterates it holds.  Batch-norm buffers are left as they are."""
-        n = m.averaged
-        if n and m.avg is not None and m.k:
-            lo, hi = self.block(m)
-            with torch.no_grad():
-                for p, a in zip(self.model.params, m.avg):
-                    p.detach()[lo:hi].copy_(a / n)
-        m.avg, m.averaged = None, 0
-        return n
+        return m.tail.apply(self.block_weights(m))
 
-    @contextmanager
-    def averaged_weights(self, m: Member) -> Iterator[int]:
+    def averaged_weights(self, m: Member) -> ContextManager[int]:
         """Inside: ``m``'s tail-averaged weights; after: its iterates again."""
-        lo, hi = self.block(m)
-        saved = [p.detach()[lo:hi].clone() for p in self.model.params]
-        avg, n = m.avg, m.averaged
-        try:
-            yield self.use_average(m)
-        finally:
-            with torch.no_grad():
-                for p, q in zip(self.model.params, saved):
-                    p.detach()[lo:hi].copy_(q)
-            m.avg, m.averaged = avg, n
+        return m.tail.swapped_in(self.block_weights(m))
 
     # --- training --------------------------------------------------------------------
     def train_epochs(self, x: Tensor, y: Tensor, epochs: int, batch_size: int,
@@ -256,13 +241,8 @@ class Stack:
             except Exception:  # noqa: BLE001 - one rule's failure never stops the others
                 m.failure = Outcome("error", message="unexpected error:\n" + traceback.format_exc())
             m.step += 1
-            if m.failure is None and m.average_from is not None and m.step > m.average_from:
-                with torch.no_grad():
-                    if m.avg is None:
-                        m.avg = [v.clone() for v in views]
-                    else:
-                        torch._foreach_add_(m.avg, views)
-                m.averaged += 1
+            if m.failure is None:
+                m.tail.add(m.step, views)
             m.clock.charge(time.perf_counter() - t1 + shared * m.k / rows)
             if m.failure is None and m.clock.over:
                 m.failure = m.clock.outcome()

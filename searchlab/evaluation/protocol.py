@@ -47,7 +47,7 @@ import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, ContextManager, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,8 +57,8 @@ from ..tasks.base import ClassificationTask, ProblemTask, Splits, StackedModel, 
 from ..tasks.problems import ORDERS
 from .fidelity import Fidelity
 
-__all__ = ["CopyTrainer", "CopyView", "Outcome", "Seeds", "TRAINING_ERRORS", "Timeout",
-           "run_classification", "run_problems"]
+__all__ = ["CopyTrainer", "CopyView", "Outcome", "Seeds", "TRAINING_ERRORS", "TailAverage",
+           "Timeout", "run_classification", "run_problems"]
 
 #: errors a bad rule can raise while training (status ``error`` with the traceback);
 #: anything else is caught too and reported as an unexpected error
@@ -203,6 +203,66 @@ class CopyView:
         return out
 
 
+class TailAverage:
+    """Polyak-Ruppert tail average of a block of weights (``Fidelity.average_steps``): the
+    iterates after step :attr:`start` summed in :attr:`total`, :attr:`count` of them.
+
+    ``weights`` arguments are the tensors (or row-block views of them) being averaged,
+    always the same list in the same order: a :class:`CopyTrainer`'s parameters, or one
+    population member's rows of them (:mod:`searchlab.evaluation.population`)."""
+
+    def __init__(self) -> None:
+        self.start: int | None = None          # sum the weights after steps > this one
+        self.total: list[Tensor] | None = None
+        self.count = 0                          # iterates in total
+
+    def restart(self, from_step: int) -> None:
+        """Start a new tail average: the iterates after step ``from_step`` are summed."""
+        self.start, self.total, self.count = from_step, None, 0
+
+    def add(self, step: int, weights: Sequence[Tensor]) -> None:
+        """Add the iterate after step ``step`` if it is in the window."""
+        if self.start is None or step <= self.start:
+            return
+        with torch.no_grad():
+            if self.total is None:
+                self.total = [w.detach().clone() for w in weights]
+            else:
+                torch._foreach_add_(self.total, [w.detach() for w in weights])
+        self.count += 1
+
+    def select(self, idx: Tensor) -> None:
+        """Keep the rows ``idx`` of the sums (the trainer dropped the others)."""
+        if self.total is not None:
+            self.total = [a[idx] for a in self.total]
+
+    def apply(self, weights: Sequence[Tensor]) -> int:
+        """Replace ``weights`` by their mean over the iterates summed since :attr:`start`
+        and empty the sums; returns how many iterates there were."""
+        n = self.count
+        if n and self.total is not None:
+            with torch.no_grad():
+                for w, a in zip(weights, self.total):
+                    w.detach().copy_(a / n)
+        self.total, self.count = None, 0
+        return n
+
+    @contextmanager
+    def swapped_in(self, weights: Sequence[Tensor]) -> Iterator[int]:
+        """Inside: ``weights`` are the tail average (as :meth:`apply`); after: the iterates
+        again, with the sums, so that training goes on from where it was.  Yields how many
+        iterates were averaged."""
+        saved = [w.detach().clone() for w in weights]
+        total, n = self.total, self.count
+        try:
+            yield self.apply(weights)
+        finally:
+            with torch.no_grad():
+                for w, q in zip(weights, saved):
+                    w.detach().copy_(q)
+            self.total, self.count = total, n
+
+
 class CopyTrainer(CopyView):
     """``K`` copies of a task's network, each with its own lr, trained on shared batches.
 
@@ -229,9 +289,7 @@ class CopyTrainer(CopyView):
         self.workspace = _workspace()  # the rule's scratch buffers, reused across steps
         self.batch_size = 100          # chunk floor of refresh_bn (set by train_epochs)
         self._bn_momenta: list[float | None] | None = None
-        self.average_from: int | None = None   # sum the weights after steps > this one
-        self._avg: list[Tensor] | None = None
-        self.averaged = 0                       # iterates in _avg
+        self.tail = TailAverage()              # Fidelity.average_steps
 
     def _refresh_lrs(self) -> None:
         lr = torch.tensor([self.lrs[i] for i in self.alive], dtype=torch.float32)
@@ -248,40 +306,25 @@ class CopyTrainer(CopyView):
         self.state = {name: [t[idx] if t.dim() > 0 and t.shape[0] == k else t for t in ts]
                       for name, ts in self.state.items()}
         self.alive = [self.alive[r] for r in rows]
-        if self._avg is not None:
-            self._avg = [a[idx] for a in self._avg]
+        self.tail.select(idx)
         self._refresh_lrs()
         self.workspace = _workspace()  # shapes changed
 
     def average_over(self, from_step: int) -> None:
         """Start a new tail average: the iterates after step ``from_step`` are summed."""
-        self.average_from, self._avg, self.averaged = from_step, None, 0
+        self.tail.restart(from_step)
 
     def use_average(self) -> int:
         """Replace every surviving copy's weights by their mean over the iterates summed
-        since :attr:`average_from` (Polyak-Ruppert tail averaging); returns how many.  The
-        batch-norm buffers are left as they are: refresh them for the new weights."""
-        n = self.averaged
-        if n and self._avg is not None and self.alive:
-            with torch.no_grad():
-                for p, a in zip(self.model.params, self._avg):
-                    p.copy_(a / n)
-        self._avg, self.averaged = None, 0
-        return n
+        since the :meth:`average_over` step (Polyak-Ruppert tail averaging); returns how
+        many.  The batch-norm buffers are left as they are: refresh them for the new
+        weights."""
+        return self.tail.apply(self.model.params)
 
-    @contextmanager
-    def averaged_weights(self) -> Iterator[int]:
+    def averaged_weights(self) -> ContextManager[int]:
         """Inside: the tail-averaged weights (as :meth:`use_average`); after: the iterates
         again, so that training goes on from where it was.  Yields how many were averaged."""
-        saved = [p.detach().clone() for p in self.model.params]
-        avg, n = self._avg, self.averaged
-        try:
-            yield self.use_average()
-        finally:
-            with torch.no_grad():
-                for p, q in zip(self.model.params, saved):
-                    p.copy_(q)
-            self._avg, self.averaged = avg, n
+        return self.tail.swapped_in(self.model.params)
 
     def train_epochs(self, x: Tensor, y: Tensor, epochs: int, batch_size: int,
                      deadline: float | None, after_epoch: Any = None) -> None:
@@ -329,13 +372,7 @@ class CopyTrainer(CopyView):
                 torch._foreach_mul_(u, self._lr_views)
                 torch._foreach_sub_(params, u)
         self.step += 1
-        if self.average_from is not None and self.step > self.average_from:
-            with torch.no_grad():
-                if self._avg is None:
-                    self._avg = [p.detach().clone() for p in params]
-                else:
-                    torch._foreach_add_(self._avg, [p.detach() for p in params])
-            self.averaged += 1
+        self.tail.add(self.step, params)
 
 def run_epochs(task: ClassificationTask, x: Tensor, y: Tensor, epochs: int, batch_size: int,
                order_gen: torch.Generator, step: Any, alive: Any, after_epoch: Any = None) -> None:
