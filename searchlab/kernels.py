@@ -66,8 +66,8 @@ import platform
 import sys
 import warnings
 
-__all__ = ["PINNED", "ENV", "OPT_OUT", "REFERENCE_VENDOR", "can_pin", "pin", "wanted", "current",
-           "check", "cpu_vendor"]
+__all__ = ["PINNED", "ENV", "OPT_OUT", "REFERENCE_VENDOR", "THREAD_INVARIANT_VENDORS", "can_pin",
+           "pin", "wanted", "current", "check", "check_threads", "cpu_vendor"]
 
 #: the kernels searchlab pins (the value of ATEN_CPU_CAPABILITY)
 PINNED = "avx2"
@@ -82,7 +82,14 @@ LIBRARY_CAPS = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
 #: shipped table, the verdict's reward cache and the numbers in BENCHMARKS.md
 REFERENCE_VENDOR = "AuthenticAMD"
 
+#: CPU vendors on which an evaluation with several torch threads was measured to give the
+#: 1-thread bits (mnist1d, the problem ensemble: batch norm on one thread,
+#: ``searchlab.tasks.serial``, is the one thread-dependent op there).  On an Intel Xeon,
+#: MKL's matrix products at the final run's shapes split their sums by thread too
+#: (BENCHMARKS.md, "What makes a reward depend on the thread count").
+THREAD_INVARIANT_VENDORS = frozenset({"AuthenticAMD"})
 _warned: list[bool] = []
+_warned_threads: list[bool] = []
 _warned_openblas: list[bool] = []
 #: set when searchlab set OPENBLAS_CORETYPE after numpy was imported (``import torch``
 #: imports numpy): OpenBLAS chose its kernels when numpy loaded it, so the cap does not
@@ -179,3 +186,18 @@ def check(openblas: bool = False) -> str:
             "OPENBLAS_CORETYPE=Haswell before starting Python (searchlab.kernels).",
             RuntimeWarning, stacklevel=3)
     return now
+
+
+def check_threads(threads: int) -> None:
+    """Warn once if ``threads`` (> 1) torch threads may give other rewards than one thread on
+    this machine (:data:`THREAD_INVARIANT_VENDORS`)."""
+    vendor = cpu_vendor()
+    if threads > 1 and vendor not in THREAD_INVARIANT_VENDORS and not _warned_threads:
+        _warned_threads.append(True)
+        warnings.warn(
+            f"evaluating with {threads} torch threads on a {vendor or 'CPU of unknown vendor'}: "
+            "rewards equal 1-thread rewards bit for bit only where that was measured "
+            f"({', '.join(sorted(THREAD_INVARIANT_VENDORS))}); here the matrix products may "
+            "round otherwise and move rewards (BENCHMARKS.md, 'What makes a reward depend on "
+            "the thread count'). Use threads=1 for rewards comparable with 1-thread runs.",
+            RuntimeWarning, stacklevel=3)

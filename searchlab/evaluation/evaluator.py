@@ -142,6 +142,8 @@ class Evaluator:
         n = self.task_threads
         if n is not None and torch.get_num_threads() != n:
             torch.set_num_threads(n)
+        if n is not None:
+            kernels.check_threads(n)
 
     @property
     def task_threads(self) -> int | None:
