@@ -59,10 +59,9 @@ Everything is seeded from ``seed`` through one explicit :class:`torch.Generator`
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -71,28 +70,16 @@ from torch import nn
 from searchlab.dsl import Rule, Space, valid_next_tokens
 from searchlab.result import FLOOR_REWARD, Result
 from searchlab.strategy import STRATEGIES, Strategy
+from searchlab.threads import one_thread
 
 __all__ = ["Controller", "ControllerConfig", "NosPPO", "PRESETS", "Reinforce", "make_config",
            "ppo_clip_loss", "single_thread"]
 
 
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch ops on one intra-op thread, restoring the previous setting after.
-
-    The controller is tiny (batches of ~10 rules x 10 tokens): extra threads only add
-    synchronisation; on a loaded 2-core machine one thread was ~10x faster.  It also makes
-    results independent of the machine's thread count.
-    """
-    before = torch.get_num_threads()
-    if before == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+#: run torch ops on one intra-op thread (the controller is tiny: extra threads only add
+#: synchronisation, ~10x slower on a loaded 2-core machine; results stop depending on the
+#: machine's thread count)
+single_thread = one_thread
 
 
 # --- the network -------------------------------------------------------------------

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from searchlab import kernels
 from searchlab.evaluation import Evaluator
-from searchlab.tasks.serial import batch_norm, one_thread
+from searchlab.tasks.serial import batch_norm
+from searchlab.threads import one_thread
 
 RULES = ["g", "(1+sign(g)*sign(m))*g", "adam"]
 

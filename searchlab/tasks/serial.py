@@ -20,28 +20,15 @@ thread it *is* ``F.batch_norm`` (no wrapper).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["batch_norm", "one_thread"]
+from ..threads import one_thread
 
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run the block with one torch intra-op thread; restore the count after."""
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+__all__ = ["batch_norm"]
 
 
 class _SerialBatchNorm(torch.autograd.Function):
